@@ -1,0 +1,98 @@
+"""Self-describing checkpoints: safetensors weights + the UNetConfig + a content hash.
+
+Loading never unpickles: a pickled `torch.save` file is refused, and a file whose
+tensors do not match its recorded hash is refused as tampered.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load, save as st_save
+
+from .unet import UNet, UNetConfig
+
+FORMAT = "humanseg-batch/unet-v1"
+DEFAULT_WEIGHTS_NAME = "default.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: wrong format, tampered, or mismatched."""
+
+
+def default_weights_path() -> Path:
+    """Where the shipped default weights live inside the installed package."""
+    return Path(__file__).resolve().parent / "weights" / DEFAULT_WEIGHTS_NAME
+
+
+def tensors_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over tensor names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | os.PathLike, model: UNet, extra: dict | None = None) -> str:
+    """Write model weights + config atomically; return the weights hash."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    digest = tensors_hash(state)
+    meta = {"format": FORMAT, "config": model.config.to_json(), "sha256": digest,
+            "extra": json.dumps(extra or {}, sort_keys=True)}
+    data = st_save(state, metadata=meta)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return digest
+
+
+def read_checkpoint(data: bytes, source: str = "checkpoint") -> tuple[UNetConfig, dict[str, torch.Tensor], dict]:
+    """Parse and verify checkpoint bytes; return (config, state_dict, metadata)."""
+    if data[:2] == b"\x80\x02" or data[:4] == b"PK\x03\x04":
+        raise CheckpointError(f"{source}: looks like a pickled torch.save file; only humanseg-batch "
+                              "safetensors checkpoints are loaded (pickles can execute code)")
+    try:
+        state = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{source}: not a safetensors checkpoint ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{source}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    digest = tensors_hash(state)
+    if digest != meta.get("sha256"):
+        raise CheckpointError(f"{source}: weights hash {digest[:16]} does not match the recorded "
+                              f"{str(meta.get('sha256'))[:16]}: the file was modified or corrupted")
+    try:
+        config = UNetConfig.from_json(meta["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: bad config in checkpoint ({exc})") from None
+    meta = dict(meta, extra=json.loads(meta.get("extra") or "{}"))
+    return config, state, meta
+
+
+def load_checkpoint(path: str | os.PathLike | None = None) -> tuple[UNet, dict]:
+    """Load a verified model (eval mode) and its metadata; None means the default weights."""
+    source = Path(path) if path is not None else default_weights_path()
+    if not source.exists():
+        if path is None:
+            raise CheckpointError("no default weights are installed; pass --weights PATH")
+        raise CheckpointError(f"weights file not found: {source}")
+    config, state, meta = read_checkpoint(source.read_bytes(), str(source))
+    model = UNet(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not fit the recorded config ({exc})") from None
+    model.eval()
+    return model, {"path": str(source), "sha256": meta["sha256"], "config": config, "extra": meta["extra"]}

@@ -1,0 +1,136 @@
+"""Batched inference: uint8 RGB frames of any sizes in, person masks at the original sizes out."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint
+from .unet import UNet
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class SegmentResult:
+    mask: np.ndarray                 # HxW uint8, 0 = background, 255 = person
+    person_fraction: float
+    bbox: tuple[int, int, int, int] | None   # x0, y0, x1, y1 (exclusive) of person pixels
+    confidence: float                # mean of max(p, 1-p): 1.0 = every pixel decided
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 natively (AVX512-BF16/AMX); elsewhere bf16 on CPU is emulated and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Map 'auto' to the fastest safe choice for the device."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+class Segmenter:
+    """Holds one model on one device; call `segment(frames)` with any number of frames."""
+
+    def __init__(self, model: UNet, *, device: str = "auto", precision: str = "auto",
+                 batch_size: int = 16, threshold: float | None = None, weights_sha256: str = "",
+                 compile: bool = False):
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.config = model.config
+        self.batch_size = max(1, int(batch_size))
+        self.threshold = float(threshold if threshold is not None else model.config.threshold)
+        self.weights_sha256 = weights_sha256
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        if compile:
+            self.model = torch.compile(self.model)
+        self._mean = torch.tensor(self.config.mean, device=self.device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(self.config.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        pin = self.device.type == "cuda"
+        shape = (self.batch_size, self.config.input_height, self.config.input_width, 3)
+        self._host = torch.zeros(shape, dtype=torch.uint8, pin_memory=pin)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | None = None, **kwargs) -> "Segmenter":
+        model, info = load_checkpoint(path)
+        return cls(model, weights_sha256=info["sha256"], **kwargs)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _letterbox(self, frames: Sequence[np.ndarray]) -> list[tuple[int, int]]:
+        """Resize each frame into the top-left of the host buffer, keeping aspect; return content sizes."""
+        H, W = self.config.input_height, self.config.input_width
+        buf = self._host.numpy()
+        buf[: len(frames)] = 0
+        sizes = []
+        for i, frame in enumerate(frames):
+            h, w = frame.shape[:2]
+            scale = min(H / h, W / w)
+            ch, cw = max(1, min(H, round(h * scale))), max(1, min(W, round(w * scale)))
+            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            buf[i, :ch, :cw] = cv2.resize(frame, (cw, ch), interpolation=interp)
+            sizes.append((ch, cw))
+        return sizes
+
+    @torch.inference_mode()
+    def probabilities(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Person probability (uint8, 0..255) at model resolution for up to batch_size frames,
+        with each frame's content size inside the letterbox."""
+        n = len(frames)
+        sizes = self._letterbox(frames)
+        x = self._host[:n].to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float()          # NHWC storage == channels_last NCHW, no copy
+        x = (x - self._mean) / self._std
+        with self._autocast():
+            logits = self.model(x)
+        prob = torch.sigmoid(logits.float())[:, 0].mul_(255.0).round_().to(torch.uint8)
+        return prob.cpu().numpy(), sizes
+
+    def segment(self, frames: Sequence[np.ndarray]) -> list[SegmentResult]:
+        """Segment any number of HxWx3 uint8 RGB frames, in batches of batch_size."""
+        out: list[SegmentResult] = []
+        for start in range(0, len(frames), self.batch_size):
+            chunk = frames[start:start + self.batch_size]
+            probs, sizes = self.probabilities(chunk)
+            out.extend(self._finish(f, p, s) for f, p, s in zip(chunk, probs, sizes))
+        return out
+
+    def _finish(self, frame: np.ndarray, prob: np.ndarray, size: tuple[int, int]) -> SegmentResult:
+        h, w = frame.shape[:2]
+        ch, cw = size
+        small = prob[:ch, :cw]
+        full = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        mask = np.where(full > self.threshold * 255.0, np.uint8(255), np.uint8(0))
+        count = cv2.countNonZero(mask)
+        bbox = None
+        if count:
+            x, y, bw, bh = cv2.boundingRect(mask)
+            bbox = (int(x), int(y), int(x + bw), int(y + bh))
+        conf = float(np.abs(small.astype(np.float32) - 127.5).mean() / 127.5 * 0.5 + 0.5)
+        return SegmentResult(mask=mask, person_fraction=count / float(h * w), bbox=bbox, confidence=conf)
