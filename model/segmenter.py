@@ -51,6 +51,34 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def letterbox_into(dst: np.ndarray, frame: np.ndarray) -> tuple[int, int]:
+    """Resize `frame` into the top-left of `dst` (HxWx3, zero elsewhere), keeping aspect; return the content size."""
+    H, W = dst.shape[:2]
+    h, w = frame.shape[:2]
+    scale = min(H / h, W / w)
+    ch, cw = max(1, min(H, round(h * scale))), max(1, min(W, round(w * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    dst[:] = 0
+    dst[:ch, :cw] = cv2.resize(frame, (cw, ch), interpolation=interp)
+    return ch, cw
+
+
+def finish_mask(prob: np.ndarray, size: tuple[int, int], shape: tuple[int, int], threshold: float) -> SegmentResult:
+    """From a model-resolution probability map (uint8) to a thresholded mask at the frame's size."""
+    h, w = shape
+    ch, cw = size
+    small = prob[:ch, :cw]
+    full = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    mask = np.where(full > threshold * 255.0, np.uint8(255), np.uint8(0))
+    count = cv2.countNonZero(mask)
+    bbox = None
+    if count:
+        x, y, bw, bh = cv2.boundingRect(mask)
+        bbox = (int(x), int(y), int(x + bw), int(y + bh))
+    conf = float(np.abs(small.astype(np.float32) - 127.5).mean() / 255.0 + 0.5)
+    return SegmentResult(mask=mask, person_fraction=count / float(h * w), bbox=bbox, confidence=conf)
+
+
 class Segmenter:
     """Holds one model on one device; call `segment(frames)` with any number of frames."""
 
@@ -83,54 +111,33 @@ class Segmenter:
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 
-    def _letterbox(self, frames: Sequence[np.ndarray]) -> list[tuple[int, int]]:
-        """Resize each frame into the top-left of the host buffer, keeping aspect; return content sizes."""
-        H, W = self.config.input_height, self.config.input_width
-        buf = self._host.numpy()
-        buf[: len(frames)] = 0
-        sizes = []
-        for i, frame in enumerate(frames):
-            h, w = frame.shape[:2]
-            scale = min(H / h, W / w)
-            ch, cw = max(1, min(H, round(h * scale))), max(1, min(W, round(w * scale)))
-            interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-            buf[i, :ch, :cw] = cv2.resize(frame, (cw, ch), interpolation=interp)
-            sizes.append((ch, cw))
-        return sizes
+    @torch.inference_mode()
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Person probability (uint8, 0..255) for letterboxed uint8 frames (N x H x W x 3, any N)."""
+        outs = []
+        for start in range(0, len(batch), self.batch_size):
+            part = batch[start:start + self.batch_size]
+            self._host[: len(part)].numpy()[:] = part
+            outs.append(self._infer_host(len(part)))
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]
 
     @torch.inference_mode()
-    def probabilities(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """Person probability (uint8, 0..255) at model resolution for up to batch_size frames,
-        with each frame's content size inside the letterbox."""
-        n = len(frames)
-        sizes = self._letterbox(frames)
+    def _infer_host(self, n: int) -> np.ndarray:
         x = self._host[:n].to(self.device, non_blocking=True)
         x = x.permute(0, 3, 1, 2).float()          # NHWC storage == channels_last NCHW, no copy
         x = (x - self._mean) / self._std
         with self._autocast():
             logits = self.model(x)
         prob = torch.sigmoid(logits.float())[:, 0].mul_(255.0).round_().to(torch.uint8)
-        return prob.cpu().numpy(), sizes
+        return prob.cpu().numpy()
 
     def segment(self, frames: Sequence[np.ndarray]) -> list[SegmentResult]:
         """Segment any number of HxWx3 uint8 RGB frames, in batches of batch_size."""
         out: list[SegmentResult] = []
         for start in range(0, len(frames), self.batch_size):
             chunk = frames[start:start + self.batch_size]
-            probs, sizes = self.probabilities(chunk)
-            out.extend(self._finish(f, p, s) for f, p, s in zip(chunk, probs, sizes))
+            host = self._host.numpy()
+            sizes = [letterbox_into(host[k], f) for k, f in enumerate(chunk)]
+            probs = self._infer_host(len(chunk))
+            out.extend(finish_mask(p, s, f.shape[:2], self.threshold) for f, p, s in zip(chunk, probs, sizes))
         return out
-
-    def _finish(self, frame: np.ndarray, prob: np.ndarray, size: tuple[int, int]) -> SegmentResult:
-        h, w = frame.shape[:2]
-        ch, cw = size
-        small = prob[:ch, :cw]
-        full = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-        mask = np.where(full > self.threshold * 255.0, np.uint8(255), np.uint8(0))
-        count = cv2.countNonZero(mask)
-        bbox = None
-        if count:
-            x, y, bw, bh = cv2.boundingRect(mask)
-            bbox = (int(x), int(y), int(x + bw), int(y + bh))
-        conf = float(np.abs(small.astype(np.float32) - 127.5).mean() / 127.5 * 0.5 + 0.5)
-        return SegmentResult(mask=mask, person_fraction=count / float(h * w), bbox=bbox, confidence=conf)

@@ -1,0 +1,175 @@
+"""Turning labelled images into fixed-size training pairs: letterbox, geometric and colour
+augmentation, and synthetic composites (cut-out people pasted onto backgrounds).
+
+Every random choice comes from a generator seeded by (seed, epoch, index), so a sample is the
+same whichever worker makes it and whether or not training was interrupted and resumed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .data import SampleSet
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    flip: float = 0.5                       # probability of a horizontal flip
+    zoom: tuple[float, float] = (0.6, 1.6)  # relative to the letterbox fit; > 1 crops
+    rotate: float = 12.0                    # max degrees either way
+    shift: float = 0.15                     # max translation as a fraction of the input size
+    colour: float = 0.3                     # strength of brightness/contrast/saturation/hue jitter
+    blur: float = 0.25                      # probability of a Gaussian blur
+    noise: float = 0.25                     # probability of Gaussian pixel noise
+    grey: float = 0.05                      # probability of a greyscale image
+    composite_people: tuple[int, int] = (1, 3)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, index])
+
+
+def letterbox_size(h: int, w: int, H: int, W: int) -> tuple[float, int, int]:
+    """Scale and content size of a frame letterboxed into HxW (the Segmenter's rule)."""
+    scale = min(H / h, W / w)
+    return scale, max(1, min(H, round(h * scale))), max(1, min(W, round(w * scale)))
+
+
+def letterbox(image: np.ndarray, mask: np.ndarray | None, H: int, W: int):
+    """Top-left letterbox into a zero canvas, as the Segmenter feeds the model."""
+    h, w = image.shape[:2]
+    scale, ch, cw = letterbox_size(h, w, H, W)
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    img = np.zeros((H, W, 3), np.uint8)
+    img[:ch, :cw] = cv2.resize(image, (cw, ch), interpolation=interp)
+    if mask is None:
+        return img, None
+    m = np.zeros((H, W), np.uint8)
+    m[:ch, :cw] = cv2.resize(mask * 255, (cw, ch), interpolation=cv2.INTER_LINEAR) > 127
+    return img, m
+
+
+def _geometric(image, mask, H, W, rng, cfg: AugmentConfig):
+    h, w = image.shape[:2]
+    scale = min(H / h, W / w) * rng.uniform(*cfg.zoom)
+    if scale < 1:  # shrink with area averaging first, like the Segmenter, then warp at scale 1
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask * 255, (nw, nh), interpolation=cv2.INTER_AREA)
+        h, w, scale = nh, nw, 1.0
+    else:
+        mask = mask * 255
+    angle = rng.uniform(-cfg.rotate, cfg.rotate)
+    if rng.random() < 0.5:   # the Segmenter's layout: content at the top-left
+        cx, cy = w * scale / 2, h * scale / 2
+    else:
+        cx, cy = W / 2, H / 2
+    cx += rng.uniform(-cfg.shift, cfg.shift) * W
+    cy += rng.uniform(-cfg.shift, cfg.shift) * H
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+    m[0, 2] += cx - w / 2     # move the source centre (a fixed point of m) to (cx, cy)
+    m[1, 2] += cy - h / 2
+    border = cv2.BORDER_CONSTANT if rng.random() < 0.6 else cv2.BORDER_REFLECT_101
+    img = cv2.warpAffine(image, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=(0, 0, 0))
+    msk = cv2.warpAffine(mask, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=0) > 127
+    if rng.random() < cfg.flip:
+        img, msk = img[:, ::-1], msk[:, ::-1]
+    return np.ascontiguousarray(img), np.ascontiguousarray(msk, dtype=np.uint8)
+
+
+def _photometric(img: np.ndarray, rng, cfg: AugmentConfig) -> np.ndarray:
+    x = img.astype(np.float32)
+    s = cfg.colour
+    if s > 0:
+        hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL).astype(np.float32)
+        hsv[..., 0] = (hsv[..., 0] + rng.uniform(-20, 20) * s) % 256
+        hsv[..., 1] *= 1 + rng.uniform(-s, s) * 1.5
+        x = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB_FULL).astype(np.float32)
+        mean = x.mean()
+        x = (x - mean) * (1 + rng.uniform(-s, s)) + mean * (1 + rng.uniform(-s, s))
+        x *= 1 + rng.uniform(-s / 3, s / 3, size=3).astype(np.float32)   # white balance
+    if rng.random() < cfg.grey:
+        x[:] = x.mean(axis=2, keepdims=True)
+    if rng.random() < cfg.blur:
+        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.4, 1.6))
+    if rng.random() < cfg.noise:
+        x += rng.normal(0, rng.uniform(2, 10), size=x.shape).astype(np.float32)
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def augment(image: np.ndarray, mask: np.ndarray, H: int, W: int, rng: np.random.Generator,
+            cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One random training pair of size HxW from a labelled image."""
+    img, msk = _geometric(image, mask, H, W, rng, cfg)
+    return _photometric(img, rng, cfg), msk
+
+
+def composite(background: np.ndarray, cutouts: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator,
+              cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Paste 1..n random cut-out people onto a background; later ones occlude earlier ones."""
+    canvas = background.astype(np.float32)
+    H, W = canvas.shape[:2]
+    mask = np.zeros((H, W), np.float32)
+    for _ in range(rng.integers(cfg.composite_people[0], cfg.composite_people[1] + 1)):
+        rgb, alpha = cutouts[rng.integers(len(cutouts))]
+        # person height from a small far figure to a close-up cropped at the bottom
+        target_h = H * math.exp(rng.uniform(math.log(0.2), math.log(1.4)))
+        s = target_h / rgb.shape[0]
+        ph, pw = max(2, round(rgb.shape[0] * s)), max(2, round(rgb.shape[1] * s))
+        if pw > 2 * W:
+            continue
+        interp = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        p = cv2.resize(rgb, (pw, ph), interpolation=interp).astype(np.float32)
+        a = cv2.resize(alpha, (pw, ph), interpolation=interp).astype(np.float32) / 255.0
+        if rng.random() < 0.5:
+            p, a = p[:, ::-1], a[:, ::-1]
+        p = p * (1 + rng.uniform(-0.2, 0.2)) + rng.uniform(-15, 15)   # rough colour harmonisation
+        x0 = int(rng.integers(-pw // 3, max(1, W - 2 * pw // 3)))
+        y0 = int(H - ph * rng.uniform(0.85, 1.0)) if ph > 0.6 * H else int(rng.integers(0, max(1, H - ph // 2)))
+        ys, xs = slice(max(0, y0), min(H, y0 + ph)), slice(max(0, x0), min(W, x0 + pw))
+        if ys.start >= ys.stop or xs.start >= xs.stop:
+            continue
+        py, px = slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0)
+        aa = a[py, px][..., None]
+        canvas[ys, xs] = canvas[ys, xs] * (1 - aa) + p[py, px] * aa
+        mask[ys, xs] = np.maximum(mask[ys, xs] * (1 - aa[..., 0]), aa[..., 0])
+    return np.clip(canvas, 0, 255).astype(np.uint8), (mask > 0.5).astype(np.uint8)
+
+
+class TrainingSet(torch.utils.data.Dataset):
+    """Augmented scenes followed by `composites` synthetic composites per epoch."""
+
+    def __init__(self, samples: SampleSet, H: int, W: int, cfg: AugmentConfig, seed: int, composites: int = 0):
+        self.samples, self.H, self.W, self.cfg, self.seed = samples, H, W, cfg, seed
+        self.composites = composites if samples.cutouts and samples.backgrounds else 0
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples) + self.composites
+
+    def __getitem__(self, index: int):
+        rng = sample_rng(self.seed, self.epoch, index)
+        if index < len(self.samples):
+            image, mask = self.samples.images[index], self.samples.masks[index]
+        else:
+            bg = self.samples.backgrounds[rng.integers(len(self.samples.backgrounds))]
+            image, mask = composite(bg, self.samples.cutouts, rng, self.cfg)
+        img, msk = augment(image, mask, self.H, self.W, rng, self.cfg)
+        return torch.from_numpy(img), torch.from_numpy(msk)
+
+
+def letterboxed_arrays(samples: SampleSet, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All scenes letterboxed, as (N,H,W,3) uint8 images and (N,H,W) uint8 masks, for validation."""
+    pairs = [letterbox(i, m, H, W) for i, m in zip(samples.images, samples.masks)]
+    if not pairs:
+        return torch.zeros((0, H, W, 3), dtype=torch.uint8), torch.zeros((0, H, W), dtype=torch.uint8)
+    imgs = np.stack([p[0] for p in pairs])
+    msks = np.stack([p[1] for p in pairs]).astype(np.uint8)
+    return torch.from_numpy(imgs), torch.from_numpy(msks)

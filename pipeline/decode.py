@@ -1,0 +1,197 @@
+"""Decoding: images through fsspec + OpenCV, video chunks through PyAV (seek, then a frame range)."""
+from __future__ import annotations
+
+import os
+import struct
+from fractions import Fraction
+from typing import Iterator
+
+import av
+import cv2
+import numpy as np
+
+from .plan import ChunkPlan, Item, VideoIndex
+from .storage import is_remote, open_uri, read_uri
+
+DEFAULT_MAX_PIXELS = 100_000_000
+MIN_SIDE = 2
+
+
+class DecodeError(Exception):
+    """One item (or frame) could not be decoded; becomes an error row."""
+
+
+def _local_path(uri: str) -> str | None:
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    return None if is_remote(uri) else uri
+
+
+def read_media(uri: str, endpoint_url: str | None = None) -> bytes:
+    try:
+        return read_uri(uri, endpoint_url)
+    except FileNotFoundError:
+        raise DecodeError(f"file not found: {uri}") from None
+    except IsADirectoryError:
+        raise DecodeError(f"is a directory, not a file: {uri}") from None
+    except PermissionError:
+        raise DecodeError(f"permission denied: {uri}") from None
+
+
+def sniff_media_type(head: bytes) -> str:
+    """'image' when the bytes start like an image format OpenCV reads, else 'video'."""
+    if head[:3] == b"\xff\xd8\xff" or head[:8] == b"\x89PNG\r\n\x1a\n" or head[:4] in (b"GIF8", b"II*\x00", b"MM\x00*"):
+        return "image"
+    if head[:2] == b"BM" or (head[:4] == b"RIFF" and head[8:12] == b"WEBP") or head[:2] in (b"P5", b"P6"):
+        return "image"
+    return "video"
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG/JPEG/GIF/BMP header without decoding, or None if unknown."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:4] == b"GIF8" and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if data[:2] == b"BM" and len(data) >= 26:
+        w, h = struct.unpack("<ii", data[18:26])
+        return abs(w), abs(h)
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            length = struct.unpack(">H", data[i + 2:i + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", data[i + 5:i + 9])
+                return w, h
+            i += 2 + length
+    return None
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 HxWx3 from encoded bytes: EXIF orientation applied; grey, alpha, 16-bit and CMYK converted."""
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    size = image_size(data)
+    if size is not None:
+        w, h = size
+        if w * h > max_pixels:
+            raise DecodeError(f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
+                              "(decompression-bomb guard; raise --max-image-pixels to allow)")
+        if min(w, h) < MIN_SIDE:
+            raise DecodeError(f"image too small ({w}x{h})")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        kind = "truncated or corrupt image" if size is not None else "not a decodable image"
+        raise DecodeError(f"{kind} ({len(data):,} bytes)")
+    h, w = bgr.shape[:2]
+    if h * w > max_pixels:
+        raise DecodeError(f"image is {w}x{h}, over the limit of {max_pixels:,} pixels")
+    if min(h, w) < MIN_SIDE:
+        raise DecodeError(f"image too small ({w}x{h})")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _open_container(uri: str, endpoint_url: str | None):
+    """PyAV container and the file object behind it (None for local paths)."""
+    local = _local_path(uri)
+    try:
+        if local is not None:
+            if not os.path.exists(local):
+                raise DecodeError(f"file not found: {uri}")
+            if os.path.getsize(local) == 0:
+                raise DecodeError("empty file (0 bytes)")
+            return av.open(local), None
+        fobj = open_uri(uri, endpoint_url)
+        return av.open(fobj), fobj
+    except FileNotFoundError:
+        raise DecodeError(f"file not found: {uri}") from None
+    except av.FFmpegError as exc:
+        raise DecodeError(f"cannot open video: {exc}") from None
+
+
+def probe_video(uri: str, endpoint_url: str | None = None) -> VideoIndex:
+    """Demux the first video stream's packets (no decoding) to list every frame's timestamp."""
+    container, fobj = _open_container(uri, endpoint_url)
+    try:
+        if not container.streams.video:
+            raise DecodeError("no video stream in file")
+        stream = container.streams.video[0]
+        if stream.codec_context is None or stream.codec_context.name is None:
+            raise DecodeError("unsupported video codec")
+        pts = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue
+                ts = packet.pts if packet.pts is not None else packet.dts
+                if ts is not None:
+                    pts.append(int(ts))
+        except av.FFmpegError:
+            pass  # truncated file: keep the packets read before the break
+        if not pts:
+            raise DecodeError("video stream has no frames")
+        tb = stream.time_base or Fraction(1, 1000)
+        return VideoIndex(tuple(sorted(set(pts))), Fraction(tb), int(stream.width or 0), int(stream.height or 0))
+    finally:
+        container.close()
+        if fobj is not None:
+            fobj.close()
+
+
+def _decode_pass(uri, endpoint_url, seek_pts, wanted: dict[int, int], got: set[int], last: int):
+    """One decoding pass; yields (index, rgb), then a final (None, (first_pts, failure_text))."""
+    container, fobj = _open_container(uri, endpoint_url)
+    first_ts, failure = None, "frame not produced by the decoder (truncated or corrupt stream)"
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if seek_pts is not None:
+            container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            ts = frame.pts if frame.pts is not None else frame.dts
+            first_ts = ts if first_ts is None else first_ts
+            if ts in wanted and wanted[ts] not in got:
+                got.add(wanted[ts])
+                yield wanted[ts], frame.to_ndarray(format="rgb24")
+            if ts is not None and ts >= last:
+                break
+    except av.FFmpegError as exc:
+        failure = f"video decode stopped: {exc}"
+    finally:
+        container.close()
+        if fobj is not None:
+            fobj.close()
+    yield None, (first_ts, failure)
+
+
+def decode_chunk(uri: str, index: VideoIndex, plan: ChunkPlan,
+                 endpoint_url: str | None = None) -> Iterator[tuple[int, np.ndarray | DecodeError]]:
+    """Yield (frame_index, RGB frame or DecodeError) once for each planned frame of a chunk.
+
+    Seeks to the keyframe before the chunk and decodes forward. If the seek landed past the
+    chunk's first frame (some demuxers do), the missing frames are decoded from the start of
+    the stream. Frames come in decoding order, which is frame order except after such a retry.
+    """
+    wanted = {index.pts[i]: i for i in plan.frames}
+    last, start = max(wanted), index.pts[plan.frames[0]]
+    got: set[int] = set()
+    seek: int | None = start if start > index.pts[0] else None
+    while True:
+        for i, value in _decode_pass(uri, endpoint_url, seek, wanted, got, last):
+            if i is None:
+                first_ts, failure = value
+            else:
+                yield i, value
+        overshot = seek is not None and (first_ts is None or first_ts > start)
+        if len(got) == len(wanted) or not overshot:
+            break
+        seek = None
+    for i in plan.frames:
+        if i not in got:
+            yield i, DecodeError(failure)

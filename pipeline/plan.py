@@ -1,0 +1,132 @@
+"""Planning: manifest items -> shards -> work units (image groups and video chunks).
+
+Everything here is deterministic for the same manifest and settings, so a rerun finds
+the same shard names and the same chunk boundaries.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Iterable, Sequence
+
+from .manifest import Manifest
+
+
+@dataclass(frozen=True)
+class Item:
+    position: int      # row number in the manifest (0-based)
+    uri: str
+    id: str
+    media_type: str    # image | video | auto
+    error: str = ""    # a manifest-level problem with this row, if any
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which frames of a video are processed: every Nth, or about `fps` per second."""
+
+    every: int = 1
+    fps: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError("sample every must be >= 1")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError("sample fps must be > 0")
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """Presentation timestamps of every frame of a video stream, from demuxing (no decoding)."""
+
+    pts: tuple[int, ...]          # sorted, one per frame; frame_index is the position here
+    time_base: Fraction
+    width: int
+    height: int
+
+    def seconds(self, i: int) -> float:
+        return float((self.pts[i] - self.pts[0]) * self.time_base)
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    chunk: int
+    frames: tuple[int, ...]       # selected frame indices, ascending
+
+
+@dataclass(frozen=True)
+class ImageUnit:
+    shard: str
+    index: int
+    items: tuple[Item, ...]
+
+
+@dataclass(frozen=True)
+class VideoUnit:
+    shard: str
+    item: Item
+    index: VideoIndex
+    plan: ChunkPlan
+
+
+def shard_name(items: Sequence[Item]) -> str:
+    """First manifest row + a hash of the ids: stable across reruns, unique across incremental runs."""
+    digest = hashlib.sha1("\n".join(i.id for i in items).encode()).hexdigest()[:10]
+    return f"shard-{items[0].position:09d}-{digest}"
+
+
+def iter_items(manifest: Manifest) -> Iterable[Item]:
+    cols = [manifest.items.column(n).to_pylist() for n in ("position", "uri", "id", "media_type", "error")]
+    for pos, uri, item_id, media, err in zip(*cols):
+        yield Item(pos, uri, item_id, media, err)
+
+
+def plan_shards(manifest: Manifest, shard_size: int, done_ids: set[str] | frozenset = frozenset()) -> list[Shard]:
+    """Group the items not yet committed into shards of `shard_size`, in manifest order.
+
+    Committed shards remove whole groups, so the remaining items regroup into exactly the
+    shards an interrupted run had planned; rows added to the manifest form new shards.
+    """
+    if shard_size < 1:
+        raise ValueError("shard size must be >= 1")
+    pending = [i for i in iter_items(manifest) if i.id not in done_ids]
+    groups = [tuple(pending[k:k + shard_size]) for k in range(0, len(pending), shard_size)]
+    return [Shard(shard_name(g), g) for g in groups]
+
+
+def select_frames(index: VideoIndex, sampling: Sampling) -> list[int]:
+    """Frame indices to process; a pure function of the whole index, so chunks agree at their borders."""
+    n = len(index.pts)
+    if sampling.fps is None:
+        return list(range(0, n, sampling.every))
+    chosen, last_bucket = [], None
+    for i in range(n):
+        bucket = math.floor(index.seconds(i) * sampling.fps + 1e-9)
+        if bucket != last_bucket:
+            chosen.append(i)
+            last_bucket = bucket
+    return chosen[::sampling.every]
+
+
+def plan_chunks(index: VideoIndex, chunk_seconds: float, sampling: Sampling) -> list[ChunkPlan]:
+    """Split the selected frames into chunks of `chunk_seconds` of presentation time."""
+    if chunk_seconds <= 0:
+        raise ValueError("video chunk seconds must be > 0")
+    chunks: dict[int, list[int]] = {}
+    for i in select_frames(index, sampling):
+        chunks.setdefault(int(index.seconds(i) // chunk_seconds), []).append(i)
+    return [ChunkPlan(c, tuple(frames)) for c, frames in sorted(chunks.items())]
+
+
+def image_units(shard: Shard, per_unit: int) -> list[ImageUnit]:
+    images = [i for i in shard.items if i.media_type != "video"]
+    return [ImageUnit(shard.name, k // per_unit, tuple(images[k:k + per_unit]))
+            for k in range(0, len(images), per_unit)]

@@ -1,0 +1,216 @@
+"""Processing one work unit: decode -> letterbox -> model -> masks written -> rows.
+
+Both executors call these functions; only `inference` differs (a local Segmenter, or a
+Ray model actor). The unit returns its rows after all of its masks are written.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+
+from humanseg_batch.model.segmenter import finish_mask, letterbox_into
+
+from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_chunk, decode_image, probe_video, read_media, sniff_media_type
+from .plan import ImageUnit, Item, Sampling, Shard, VideoUnit, image_units, plan_chunks
+from .storage import Storage, open_uri
+from .write import MaskVideoWriter, chunk_mask_path, encode_png, image_mask_path
+
+FAULT_ENV = "HUMANSEG_FAULT_CRASH_URI"   # test hook: a worker handling a uri containing this exits hard
+
+
+class Inference(Protocol):
+    """Runs the model. `submit` must not keep a reference to `batch` after it returns."""
+
+    def submit(self, batch: np.ndarray) -> Any: ...
+    def result(self, token: Any) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    weights_sha256: str
+    input_height: int
+    input_width: int
+    threshold: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class UnitContext:
+    output: Storage
+    model: ModelInfo
+    endpoint_url: str | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    sampling: Sampling = field(default_factory=Sampling)
+    chunk_seconds: float = 10.0
+    images_per_unit: int = 16
+
+
+def base_row(item: Item, ctx: UnitContext, shard: str) -> dict:
+    return {"id": item.id, "uri": item.uri, "media_type": item.media_type, "frame_index": None,
+            "timestamp_s": None, "width": None, "height": None, "mask_uri": None, "mask_frame": None,
+            "person_fraction": None, "bbox": None, "confidence": None, "status": "ok", "error": None,
+            "model": ctx.model.name, "weights_sha256": ctx.model.weights_sha256, "shard": shard,
+            "chunk": None, "manifest_row": item.position}
+
+
+def error_row(item: Item, ctx: UnitContext, shard: str, message: str, **extra) -> dict:
+    return dict(base_row(item, ctx, shard), status="error", error=message, **extra)
+
+
+def _resolve_auto(item: Item, ctx: UnitContext) -> Item:
+    with open_uri(item.uri, ctx.endpoint_url) as f:
+        head = f.read(16)
+    return Item(item.position, item.uri, item.id, sniff_media_type(head) if head else "image", item.error)
+
+
+def expand_shard(shard: Shard, ctx: UnitContext) -> tuple[list[ImageUnit | VideoUnit], list[dict]]:
+    """Work units of a shard (image groups, video chunks) and the error rows found while planning them."""
+    rows: list[dict] = []
+    ready: list[Item] = []
+    videos: list[VideoUnit] = []
+    for item in shard.items:
+        if item.error:
+            rows.append(error_row(item, ctx, shard.name, item.error))
+            continue
+        try:
+            if item.media_type == "auto":
+                item = _resolve_auto(item, ctx)
+            if item.media_type != "video":
+                ready.append(item)
+                continue
+            index = probe_video(item.uri, ctx.endpoint_url)
+            for plan in plan_chunks(index, ctx.chunk_seconds, ctx.sampling):
+                videos.append(VideoUnit(shard.name, item, index, plan))
+        except DecodeError as exc:
+            rows.append(error_row(item, ctx, shard.name, str(exc)))
+        except (OSError, ValueError) as exc:
+            rows.append(error_row(item, ctx, shard.name, f"cannot read: {exc}"))
+    units = image_units(Shard(shard.name, tuple(ready)), ctx.images_per_unit)
+    return [*units, *videos], rows
+
+
+def _image_frames(unit: ImageUnit, ctx: UnitContext) -> Iterator[tuple[Item, int | None, object]]:
+    for item in unit.items:
+        try:
+            yield item, None, decode_image(read_media(item.uri, ctx.endpoint_url), ctx.max_pixels)
+        except DecodeError as exc:
+            yield item, None, exc
+        except (OSError, ValueError) as exc:
+            yield item, None, DecodeError(f"cannot read: {exc}")
+
+
+def _video_frames(unit: VideoUnit, ctx: UnitContext) -> Iterator[tuple[Item, int | None, object]]:
+    try:
+        for index, frame in decode_chunk(unit.item.uri, unit.index, unit.plan, ctx.endpoint_url):
+            yield unit.item, index, frame
+    except DecodeError as exc:   # the file vanished or broke since it was probed
+        for index in unit.plan.frames:
+            yield unit.item, index, exc
+
+
+class _Sink:
+    """Writes the masks of one unit: PNG per image, or one FFV1 file per video chunk."""
+
+    def __init__(self, unit: ImageUnit | VideoUnit, ctx: UnitContext):
+        self.unit, self.ctx = unit, ctx
+        self.video = None
+        if isinstance(unit, VideoUnit):
+            self.path = chunk_mask_path(unit.item.id, unit.plan.chunk)
+
+    def put(self, item: Item, mask: np.ndarray) -> tuple[str, int | None]:
+        if self.video is None and isinstance(self.unit, VideoUnit):
+            self.video = MaskVideoWriter(mask.shape[1], mask.shape[0])
+        if self.video is not None:
+            return self.ctx.output.uri(self.path), self.video.add(mask)
+        path = image_mask_path(item.id)
+        self.ctx.output.write_bytes(path, encode_png(mask))
+        return self.ctx.output.uri(path), None
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.ctx.output.write_bytes(self.path, self.video.finish())
+
+
+def run_unit(unit: ImageUnit | VideoUnit, ctx: UnitContext, inference: Inference) -> tuple[list[dict], dict]:
+    """Process one unit end to end; return its rows (masks already written) and timings."""
+    items = unit.items if isinstance(unit, ImageUnit) else (unit.item,)
+    crash = os.environ.get(FAULT_ENV)
+    if crash and any(crash in i.uri for i in items):
+        os._exit(13)
+    m = ctx.model
+    frames = _image_frames(unit, ctx) if isinstance(unit, ImageUnit) else _video_frames(unit, ctx)
+    chunk = unit.plan.chunk if isinstance(unit, VideoUnit) else None
+    sink, rows = _Sink(unit, ctx), []
+    stats = {"frames": 0, "errors": 0, "decode_s": 0.0, "model_wait_s": 0.0, "write_s": 0.0}
+    buf = np.zeros((m.batch_size, m.input_height, m.input_width, 3), np.uint8)
+    batch: list[tuple] = []
+    pending: tuple[list[tuple], Any] | None = None
+
+    def drain(done: tuple[list[tuple], Any]) -> None:
+        records, token = done
+        t0 = time.perf_counter()
+        probs = inference.result(token)
+        t1 = time.perf_counter()
+        for (item, index, shape, size), prob in zip(records, probs):
+            res = finish_mask(prob, size, shape, m.threshold)
+            mask_uri, mask_frame = sink.put(item, res.mask)
+            rows.append(dict(base_row(item, ctx, unit.shard), frame_index=index, timestamp_s=_timestamp(unit, index),
+                             width=shape[1], height=shape[0], mask_uri=mask_uri, mask_frame=mask_frame,
+                             person_fraction=res.person_fraction, bbox=res.bbox, confidence=res.confidence,
+                             chunk=chunk))
+        stats["model_wait_s"] += t1 - t0
+        stats["write_s"] += time.perf_counter() - t1
+        stats["frames"] += len(records)
+
+    t = time.perf_counter()
+    for item, index, frame in frames:
+        if isinstance(frame, DecodeError):
+            rows.append(error_row(item, ctx, unit.shard, str(frame), frame_index=index,
+                                  timestamp_s=_timestamp(unit, index), chunk=chunk))
+            stats["errors"] += 1
+            continue
+        size = letterbox_into(buf[len(batch)], frame)
+        batch.append((item, index, frame.shape[:2], size))
+        if len(batch) == m.batch_size:
+            stats["decode_s"] += time.perf_counter() - t
+            token = inference.submit(buf[: len(batch)])
+            if pending is not None:
+                drain(pending)
+            pending, batch = (batch, token), []
+            t = time.perf_counter()
+    stats["decode_s"] += time.perf_counter() - t
+    if batch:
+        token = inference.submit(buf[: len(batch)])
+        if pending is not None:
+            drain(pending)
+        pending = (batch, token)
+    if pending is not None:
+        drain(pending)
+    t = time.perf_counter()
+    sink.close()
+    stats["write_s"] += time.perf_counter() - t
+    return rows, stats
+
+
+def _timestamp(unit: ImageUnit | VideoUnit, index: int | None) -> float | None:
+    if index is None or not isinstance(unit, VideoUnit):
+        return None
+    return unit.index.seconds(index)
+
+
+class LocalInference:
+    """Inference in this process with a Segmenter; `submit` runs the model right away."""
+
+    def __init__(self, segmenter):
+        self.segmenter = segmenter
+
+    def submit(self, batch: np.ndarray) -> np.ndarray:
+        return self.segmenter.infer(batch)
+
+    def result(self, token: np.ndarray) -> np.ndarray:
+        return token

@@ -1,0 +1,142 @@
+"""Output layout, mask files and Parquet rows. The only place that knows a path rule.
+
+    OUT/_run.json                          the run record (config, weights hash, version)
+    OUT/masks/<kk>/<slug>-<hash>.png       one mask per image (0 background, 255 person)
+    OUT/masks/<kk>/<slug>-<hash>/chunk-<c>.mkv   a video chunk's masks, lossless FFV1, frame `mask_frame`
+    OUT/metadata/<shard>.parquet           one row per image / processed frame
+    OUT/_shards/<shard>.done.json          completion marker, written last, with the shard's stats
+    OUT/_shards/<shard>.failed.json        why a shard failed (removed when it commits)
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+RUN_RECORD = "_run.json"
+MASKS_DIR = "masks"
+METADATA_DIR = "metadata"
+SHARDS_DIR = "_shards"
+
+ROW_SCHEMA = pa.schema([
+    ("id", pa.string()), ("uri", pa.string()), ("media_type", pa.string()),
+    ("frame_index", pa.int64()), ("timestamp_s", pa.float64()),
+    ("width", pa.int32()), ("height", pa.int32()),
+    ("mask_uri", pa.string()), ("mask_frame", pa.int32()),
+    ("person_fraction", pa.float32()), ("bbox", pa.list_(pa.int32(), 4)), ("confidence", pa.float32()),
+    ("status", pa.string()), ("error", pa.string()),
+    ("model", pa.string()), ("weights_sha256", pa.string()),
+    ("shard", pa.string()), ("chunk", pa.int32()), ("manifest_row", pa.int64()),
+])
+_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def mask_key(item_id: str) -> str:
+    """A safe relative key for an item: '<2 hex>/<readable slug>-<hash>'. No '/', '..' or NUL can leak
+    through from the id, so a mask path can never leave OUT."""
+    digest = hashlib.sha256(item_id.encode("utf-8", "surrogatepass")).hexdigest()
+    base = item_id.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    slug = _SLUG.sub("_", base).strip("._")[:60] or "item"
+    return f"{digest[:2]}/{slug}-{digest[:16]}"
+
+
+def image_mask_path(item_id: str) -> str:
+    return f"{MASKS_DIR}/{mask_key(item_id)}.png"
+
+
+def chunk_mask_path(item_id: str, chunk: int) -> str:
+    return f"{MASKS_DIR}/{mask_key(item_id)}/chunk-{chunk:05d}.mkv"
+
+
+def shard_parquet_path(shard: str) -> str:
+    return f"{METADATA_DIR}/{shard}.parquet"
+
+
+def shard_marker_path(shard: str, kind: str = "done") -> str:
+    return f"{SHARDS_DIR}/{shard}.{kind}.json"
+
+
+def encode_png(mask: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+class MaskVideoWriter:
+    """Appends masks of one video chunk to an in-memory lossless FFV1/Matroska file."""
+
+    def __init__(self, width: int, height: int, rate: Fraction | int = 25):
+        self.size = (width, height)
+        self._buf = io.BytesIO()
+        self._container = av.open(self._buf, "w", format="matroska")
+        self._stream = self._container.add_stream("ffv1", rate=rate)
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "gray"
+        self.count = 0
+
+    def add(self, mask: np.ndarray) -> int:
+        """Append a mask; return its position (`mask_frame`) in the file."""
+        if (mask.shape[1], mask.shape[0]) != self.size:
+            mask = cv2.resize(mask, self.size, interpolation=cv2.INTER_NEAREST)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(mask), format="gray")
+        frame.pts = self.count
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.count += 1
+        return self.count - 1
+
+    def finish(self) -> bytes:
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+        return self._buf.getvalue()
+
+
+def read_mask(mask_uri: str, mask_frame: int | None = None, endpoint_url: str | None = None) -> np.ndarray:
+    """Read one mask back (HxW uint8) from a row's mask_uri (+ mask_frame for videos)."""
+    from .storage import read_uri
+
+    data = read_uri(mask_uri, endpoint_url)
+    if mask_frame is None:
+        mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise ValueError(f"unreadable mask {mask_uri}")
+        return mask
+    with av.open(io.BytesIO(data)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i == mask_frame:
+                return frame.to_ndarray(format="gray")
+    raise ValueError(f"{mask_uri} has no frame {mask_frame}")
+
+
+def rows_table(rows: list[dict], extras: pa.Table | None = None) -> pa.Table:
+    """Rows (dicts keyed like ROW_SCHEMA) sorted by manifest row and frame, joined with manifest extras.
+
+    `extras` holds the manifest's extra columns for these rows' manifest positions, plus a
+    `manifest_row` column to join on. A name that clashes with an output column gets `manifest_`.
+    """
+    rows = sorted(rows, key=lambda r: (r["manifest_row"], -1 if r.get("frame_index") is None else r["frame_index"]))
+    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+    if extras is None or extras.num_columns <= 1:
+        return table
+    lookup = {p: k for k, p in enumerate(extras.column("manifest_row").to_pylist())}
+    take = pa.array([lookup[r] for r in table.column("manifest_row").to_pylist()], pa.int64())
+    for name in extras.column_names:
+        if name == "manifest_row":
+            continue
+        out_name = f"manifest_{name}" if name in ROW_SCHEMA.names else name
+        table = table.append_column(out_name, extras.column(name).take(take))
+    return table
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
