@@ -76,8 +76,9 @@ class MaskVideoWriter:
     def __init__(self, width: int, height: int, rate: Fraction | int = 25):
         self.size = (width, height)
         self._buf = io.BytesIO()
-        self._container = av.open(self._buf, "w", format="matroska")
-        self._stream = self._container.add_stream("ffv1", rate=rate)
+        # bitexact: no random segment id or encoder string, so equal masks give equal files
+        self._container = av.open(self._buf, "w", format="matroska", options={"fflags": "+bitexact"})
+        self._stream = self._container.add_stream("ffv1", rate=rate, options={"flags": "+bitexact"})
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "gray"
         self.count = 0
 

@@ -1,0 +1,245 @@
+"""The Ray executor: the only module of humanseg-batch that imports ray.
+
+    driver ──expand_task (CPU: probe videos, plan chunks)──> units
+           ──unit_task (CPU: decode, letterbox, write masks)──> rows ──> commit shard (driver)
+                          └── ModelActor.infer (GPU/CPU actor pool, batches across units)
+
+At most `decode_tasks` units are in flight, and each holds at most two batches, so memory
+stays bounded whatever the size of the manifest or the length of a video.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+from ray.exceptions import RayError
+
+from humanseg_batch.pipeline.plan import ImageUnit, Shard, VideoUnit
+from humanseg_batch.pipeline.process import UnitContext, expand_shard, run_unit
+
+from .local import add_stats
+from .runner import Prepared, ShardCommitter, progress_bar
+
+LOCAL_IP = "127.0.0.1"
+
+
+def connect(address: str | None, log=print) -> None:
+    """Join a cluster (address or RAY_ADDRESS), else start an embedded local Ray on loopback."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        info = ray.init(address=address, logging_level="WARNING")
+    else:  # no dashboard: it costs seconds of start-up; loopback only
+        info = ray.init(_node_ip_address=LOCAL_IP, include_dashboard=False, logging_level="WARNING")
+    where = f"cluster {address}" if address else "embedded local Ray"
+    dashboard = f"; dashboard http://{info.dashboard_url}" if info.dashboard_url else ""
+    log(f"ray: {where}; resources CPU={ray.cluster_resources().get('CPU', 0):g} "
+        f"GPU={ray.cluster_resources().get('GPU', 0):g}{dashboard}")
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1)
+class ModelActor:
+    """Loads the weights once; merges concurrent requests from many units into model batches."""
+
+    def __init__(self, model_path, device, precision, batch_size, threshold, compile_, threads):
+        import torch
+        from humanseg_batch.model import Segmenter
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.segmenter = Segmenter.from_checkpoint(model_path, device=device, precision=precision,
+                                                   batch_size=batch_size, threshold=threshold, compile=compile_)
+        self.max_batch = batch_size
+        self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self.runner: asyncio.Task | None = None
+        self.pool = ThreadPoolExecutor(1)   # the model runs off the event loop, one batch at a time
+
+    def describe(self) -> dict:
+        s = self.segmenter
+        return {"pid": os.getpid(), "device": str(s.device), "precision": s.precision}
+
+    async def infer(self, batch: np.ndarray) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((batch, future))
+        if self.runner is None or self.runner.done():
+            self.runner = asyncio.ensure_future(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            await asyncio.sleep(0)          # let concurrent callers add their requests
+            take, size = [], 0
+            while self.pending and (not take or size + len(self.pending[0][0]) <= self.max_batch):
+                take.append(self.pending.pop(0))
+                size += len(take[-1][0])
+            merged = take[0][0] if len(take) == 1 else np.concatenate([b for b, _ in take])
+            try:
+                probs = await loop.run_in_executor(self.pool, self.segmenter.infer, merged)
+            except Exception as exc:  # noqa: BLE001 - hand the error to every caller of the batch
+                for _, fut in take:
+                    fut.set_exception(exc)
+                continue
+            start = 0
+            for batch, fut in take:
+                fut.set_result(probs[start:start + len(batch)])
+                start += len(batch)
+
+
+class ActorInference:
+    """`Inference` over a pool of model actors; a unit spreads its batches over the pool."""
+
+    def __init__(self, actors: list, seed: int):
+        self.actors, self.next = actors, seed
+
+    def submit(self, batch: np.ndarray):
+        actor = self.actors[self.next % len(self.actors)]
+        self.next += 1
+        return actor.infer.remote(batch)   # the array is serialised here, so the caller may reuse it
+
+    def result(self, token) -> np.ndarray:
+        return ray.get(token)
+
+
+@ray.remote(num_cpus=1)
+def expand_task(shard: Shard, ctx: UnitContext):
+    return expand_shard(shard, ctx)
+
+
+@ray.remote(num_cpus=1)
+def unit_task(unit, ctx: UnitContext, actors: list, seed: int):
+    return run_unit(unit, ctx, ActorInference(actors, seed))
+
+
+@dataclass
+class ShardProgress:
+    shard: Shard
+    units_left: int = -1            # -1: not expanded yet
+    rows: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    failed: bool = False
+    chunks: dict = field(default_factory=dict)   # video id -> number of chunk units
+    counted: float = 0.0                          # items credited to the progress bar
+
+    def credit(self, bar, amount: float) -> None:
+        self.counted += amount
+        bar.update(amount)
+
+
+def describe(unit) -> str:
+    if isinstance(unit, VideoUnit):
+        return f"video {unit.item.uri} chunk {unit.plan.chunk}"
+    return f"images {unit.items[0].uri}" + (f" (+{len(unit.items) - 1} more)" if len(unit.items) > 1 else "")
+
+
+def start_actors(prep: Prepared) -> list:
+    cfg = prep.config
+    gpus = ray.cluster_resources().get("GPU", 0)
+    use_gpu = gpus > 0 and cfg.device != "cpu"
+    count = cfg.model_actors or (max(1, int(gpus / cfg.gpus_per_actor)) if use_gpu else 1)
+    options = {"num_cpus": cfg.cpus_per_actor, "num_gpus": cfg.gpus_per_actor if use_gpu else 0}
+    threads = 0 if use_gpu else max(1, int(round(cfg.cpus_per_actor)))
+    device = cfg.device if cfg.device != "auto" else ("cuda" if use_gpu else "cpu")
+    return [ModelActor.options(**options).remote(prep.model_path, device, cfg.precision, cfg.batch_size,
+                                                 cfg.threshold, cfg.compile, threads) for _ in range(count)]
+
+
+def execute_ray(prep: Prepared, log=print) -> None:
+    cfg = prep.config
+    connect(cfg.address, log)
+    actors = start_actors(prep)
+    info = ray.get([a.describe.remote() for a in actors])
+    log(f"model actors: {len(actors)} on {info[0]['device']} ({info[0]['precision']})")
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    in_flight_cap = cfg.decode_tasks or max(1, cpus - (0 if ray.cluster_resources().get("GPU") else 1)) * 2
+    Scheduler(prep, actors, in_flight_cap).run()
+
+
+class Scheduler:
+    """Keeps at most `cap` tasks in flight, commits shards as their last unit lands."""
+
+    def __init__(self, prep: Prepared, actors: list, cap: int):
+        self.prep, self.actors, self.cap = prep, actors, cap
+        self.ctx_ref = ray.put(prep.context)
+        self.actors_ref = actors
+        self.committer = ShardCommitter(prep)
+        self.shards = list(prep.shards)
+        self.todo: list[tuple[ShardProgress, object]] = []       # units ready to submit
+        self.running: dict = {}                                   # ref -> (kind, progress, unit)
+        self.retries = prep.config.task_retries
+        self.frames = 0
+
+    def _submit_next(self) -> None:
+        while len(self.running) < self.cap and (self.todo or self.shards):
+            if self.todo:
+                prog, unit = self.todo.pop(0)
+                if prog.failed:
+                    continue
+                seed = zlib.crc32(describe(unit).encode())
+                ref = unit_task.options(max_retries=self.retries).remote(unit, self.ctx_ref, self.actors_ref, seed)
+                self.running[ref] = ("unit", prog, unit)
+            else:
+                prog = ShardProgress(self.shards.pop(0))
+                ref = expand_task.options(max_retries=self.retries).remote(prog.shard, self.ctx_ref)
+                self.running[ref] = ("expand", prog, None)
+
+    def run(self) -> None:
+        with progress_bar(self.prep) as bar:
+            self._submit_next()
+            while self.running:
+                ready, _ = ray.wait(list(self.running), num_returns=1, timeout=5.0)
+                for ref in ready:
+                    kind, prog, unit = self.running.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except RayError as exc:
+                        self._fail(prog, unit, exc, bar)
+                        continue
+                    self._landed(kind, prog, unit, result, bar)
+                self._submit_next()
+
+    def _landed(self, kind, prog: ShardProgress, unit, result, bar) -> None:
+        if prog.failed:
+            return
+        if kind == "expand":
+            units, rows = result
+            prog.rows.extend(rows)
+            prog.units_left = len(units)
+            prog.stats["units"] = len(units)
+            for u in units:
+                if isinstance(u, VideoUnit):
+                    prog.chunks[u.item.id] = prog.chunks.get(u.item.id, 0) + 1
+            prog.credit(bar, len(rows))    # items that failed planning are done
+            # units go to the front: finishing a shard beats starting new ones (bounded driver memory)
+            self.todo[:0] = [(prog, u) for u in units]
+        else:
+            rows, stats = result
+            prog.rows.extend(rows)
+            add_stats(prog.stats, stats)
+            prog.units_left -= 1
+            prog.credit(bar, len(unit.items) if isinstance(unit, ImageUnit) else 1 / prog.chunks[unit.item.id])
+            self.frames += stats["frames"]
+            bar.set_postfix(frames=self.frames, refresh=False)
+        if prog.units_left == 0:
+            try:
+                self.committer.commit(prog.shard, prog.rows, prog.stats)
+            except Exception as exc:  # noqa: BLE001 - storage failure: record it, keep going
+                prog.failed = True
+                self.committer.fail(prog.shard, f"commit failed: {type(exc).__name__}: {exc}")
+            prog.rows = []
+
+    def _fail(self, prog: ShardProgress, unit, exc: Exception, bar) -> None:
+        if prog.failed:
+            return
+        prog.failed = True
+        where = describe(unit) if unit is not None else "planning"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = f"{type(exc).__name__} in {where} after {self.retries} retries: {first_line}"
+        self.committer.fail(prog.shard, reason)
+        prog.credit(bar, len(prog.shard.items) - prog.counted)
