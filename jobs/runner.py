@@ -120,8 +120,14 @@ class ShardCommitter:
 
     def _extras(self, shard: Shard) -> pa.Table:
         positions = [i.position for i in shard.items]
-        table = self.prep.manifest.extras.take(pa.array([self._positions[p] for p in positions], pa.int64()))
-        return table.append_column("manifest_row", pa.array(positions, pa.int64()))
+        rows = pa.table({"manifest_row": pa.array(positions, pa.int64())})
+        extras = self.prep.manifest.extras
+        if extras.num_columns == 0:
+            return rows
+        taken = extras.take(pa.array([self._positions[p] for p in positions], pa.int64()))
+        for name in taken.column_names:
+            rows = rows.append_column(name, taken.column(name))
+        return rows
 
     def commit(self, shard: Shard, rows: list[dict], stats: dict) -> None:
         s = self.prep.summary

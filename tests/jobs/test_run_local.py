@@ -1,0 +1,108 @@
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from humanseg_batch.jobs.cli import cli
+from humanseg_batch.pipeline.write import mask_key, read_mask
+from mediagen import make_image, output_files, read_rows, write_manifest
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def base_manifest(media, tmp_path, extra=()):
+    rows = [{"uri": str(media[k]), "id": k, "camera": f"cam-{k}"} for k in ("a", "b", "c", "v1", "v2")]
+    rows += [{"uri": str(tmp_path / "missing.png"), "id": "missing", "camera": "none"}, *extra]
+    return write_manifest(tmp_path / "manifest.csv", rows)
+
+
+def test_local_run_writes_one_row_per_image_and_frame(media, tmp_path, tiny_weights):
+    manifest = base_manifest(media, tmp_path)
+    out = tmp_path / "out"
+    code, log = run_cli("run", manifest, "-o", out, "--weights", tiny_weights, "--executor", "local",
+                        "--shard-size", "2", "--video-chunk-seconds", "1", "--batch-size", "4", "--no-progress")
+    assert code == 3, log          # finished, with one item error (the missing file)
+    rows = read_rows(out)
+    by_id = {}
+    for r in rows:
+        by_id.setdefault(r["id"], []).append(r)
+    assert {k: len(v) for k, v in by_id.items()} == {"a": 1, "b": 1, "c": 1, "v1": 35, "v2": 24, "missing": 1}
+    assert [r["frame_index"] for r in by_id["v1"]] == list(range(35))
+    assert by_id["v1"][12]["timestamp_s"] == pytest.approx(1.2)
+    assert by_id["missing"][0]["status"] == "error" and "not found" in by_id["missing"][0]["error"]
+    assert by_id["c"][0]["camera"] == "cam-c" and (by_id["c"][0]["width"], by_id["c"][0]["height"]) == (77, 33)
+    for r in rows:
+        if r["status"] == "ok":
+            mask = read_mask(r["mask_uri"], r["mask_frame"])
+            assert mask.shape == (r["height"], r["width"]) and set(np.unique(mask)) <= {0, 255}
+            assert r["person_fraction"] == pytest.approx((mask > 0).mean(), abs=1e-6)
+            assert Path(r["mask_uri"]).resolve().is_relative_to(out.resolve())
+    assert len({r["shard"] for r in rows}) == 3
+    assert len(list((out / "_shards").glob("*.done.json"))) == 3
+
+
+def test_rerun_skips_committed_shards_and_incremental_run_adds_new_ones(media, tmp_path, tiny_weights):
+    manifest = base_manifest(media, tmp_path)
+    out = tmp_path / "out"
+    args = ["-o", out, "--weights", tiny_weights, "--executor", "local", "--shard-size", "2", "--no-progress"]
+    run_cli("run", manifest, *args)
+    markers = {p.name: p.stat().st_mtime_ns for p in (out / "_shards").glob("*.done.json")}
+    code, log = run_cli("run", manifest, *args)
+    assert "0 item(s) in 0 shard(s)" in log and code == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "_shards").glob("*.done.json")} == markers
+    new = make_image(tmp_path / "media" / "new.png", 30, 30, 9)
+    base_manifest(media, tmp_path, extra=[{"uri": str(new), "id": "new", "camera": "x"}])
+    code, log = run_cli("run", manifest, *args)
+    assert "1 item(s) in 1 shard(s)" in log
+    rows = read_rows(out)
+    assert [r["id"] for r in rows].count("new") == 1 and len(rows) == 3 + 35 + 24 + 1 + 1
+
+
+def test_rerun_with_other_settings_is_refused_unless_overwrite(media, tmp_path, tiny_weights):
+    manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(media["a"])}])
+    out = tmp_path / "out"
+    common = ["-o", out, "--weights", tiny_weights, "--executor", "local", "--no-progress"]
+    assert run_cli("run", manifest, *common)[0] == 0
+    code, log = run_cli("run", manifest, *common, "--threshold", "0.7")
+    assert code == 2 and "different settings" in log and "threshold" in log
+    code, log = run_cli("run", manifest, *common, "--threshold", "0.7", "--overwrite")
+    assert code == 0 and len(read_rows(out)) == 1
+
+
+@pytest.mark.parametrize("bad_id", ["../../escape.png", "/etc/passwd", "..%2F..%2Fx", "a/../../../b", "..", "\\..\\x"])
+def test_ids_and_uris_cannot_place_files_outside_out(media, tmp_path, tiny_weights, bad_id):
+    key = mask_key(bad_id)
+    assert ".." not in key.split("/") and not key.startswith("/") and key.count("/") == 1
+    manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(media["a"]), "id": bad_id}])
+    out = tmp_path / "deep" / "out"
+    before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    assert run_cli("run", manifest, "-o", out, "--weights", tiny_weights, "--executor", "local", "--no-progress")[0] == 0
+    created = {p for p in tmp_path.rglob("*") if p.is_file()} - before
+    assert created and all(p.resolve().is_relative_to(out.resolve()) for p in created)
+
+
+def test_mask_key_is_safe_for_nul_and_long_ids():
+    for item_id in ["a\x00b", "x" * 5000, "ü/ß?*<>|", ""]:
+        key = mask_key(item_id)
+        assert "\x00" not in key and len(key) < 100 and ".." not in key
+
+
+def test_bad_manifest_is_a_usage_error_without_traceback(tmp_path, tiny_weights):
+    (tmp_path / "m.csv").write_text("path\n/a.png\n")
+    code, log = run_cli("run", tmp_path / "m.csv", "-o", tmp_path / "out", "--weights", tiny_weights, "--executor", "local")
+    assert code == 2 and "no 'uri' column" in log and "Traceback" not in log
+
+
+def test_run_record_describes_the_run(media, tmp_path, tiny_weights):
+    manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(media["a"])}])
+    out = tmp_path / "out"
+    run_cli("run", manifest, "-o", out, "--weights", tiny_weights, "--executor", "local", "--no-progress")
+    record = json.loads((out / "_run.json").read_text())
+    assert record["config"]["weights_sha256"] and record["manifest_fingerprint"] and record["package_version"]
+    assert "_run.json" in output_files(out)

@@ -1,0 +1,90 @@
+from fractions import Fraction
+
+import cv2
+import numpy as np
+import pytest
+
+from humanseg_batch.pipeline.decode import DecodeError, decode_chunk, decode_image, probe_video
+from humanseg_batch.pipeline.manifest import read_manifest
+from humanseg_batch.pipeline.plan import Sampling, plan_chunks, plan_shards, select_frames
+
+from mediagen import make_video
+
+
+def decoded_indices(path, index, chunks):
+    seen = []
+    for plan in chunks:
+        got = list(decode_chunk(str(path), index, plan))
+        assert all(not isinstance(f, DecodeError) for _, f in got), got
+        assert sorted(i for i, _ in got) == list(plan.frames)
+        seen.extend(i for i, _ in got)
+    return seen
+
+
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(every=3), Sampling(fps=4.0), Sampling(fps=3.0, every=2)])
+def test_chunks_cover_every_sampled_frame_exactly_once(tmp_path, sampling):
+    path = make_video(tmp_path / "v.avi", frames=53, fps=10, gop=7)
+    index = probe_video(str(path))
+    assert len(index.pts) == 53
+    chunks = plan_chunks(index, 1.3, sampling)
+    assert len(chunks) > 3
+    seen = decoded_indices(path, index, chunks)
+    assert seen == select_frames(index, sampling)
+    assert len(seen) == len(set(seen))
+
+
+def test_variable_frame_rate_and_late_start(tmp_path):
+    tb = Fraction(1, 1000)
+    steps = [33, 33, 100, 10, 250, 40, 40, 500, 33, 33] * 4
+    pts = [2500]                             # the stream starts 2.5 s in: first keyframe is late
+    for s in steps[:-1]:
+        pts.append(pts[-1] + s)
+    path = make_video(tmp_path / "vfr.mkv", frames=len(pts), pts_list=pts, time_base=tb, gop=5)
+    index = probe_video(str(path))
+    assert len(index.pts) == len(pts)
+    assert index.seconds(0) == 0.0 and abs(index.seconds(len(pts) - 1) - (pts[-1] - pts[0]) / 1000) < 1e-6
+    for sampling in (Sampling(), Sampling(fps=5.0)):
+        chunks = plan_chunks(index, 0.7, sampling)
+        seen = decoded_indices(path, index, chunks)
+        assert seen == select_frames(index, sampling) and len(seen) == len(set(seen))
+    # fps sampling keeps at most one frame per 1/fps bucket and skips none that open a bucket
+    chosen = select_frames(index, Sampling(fps=5.0))
+    buckets = [int(index.seconds(i) * 5) for i in chosen]
+    assert buckets == sorted(set(buckets))
+
+
+def test_chunk_frames_are_the_right_frames(tmp_path):
+    path = make_video(tmp_path / "v.avi", frames=30, fps=10, gop=8)
+    index = probe_video(str(path))
+    full = {i: f for plan in plan_chunks(index, 100, Sampling()) for i, f in decode_chunk(str(path), index, plan)}
+    for plan in plan_chunks(index, 0.9, Sampling()):
+        for i, frame in decode_chunk(str(path), index, plan):
+            assert np.array_equal(frame, full[i])
+
+
+def test_shards_are_deterministic_and_regroup_after_partial_commit(tmp_path):
+    (tmp_path / "m.csv").write_text("uri\n" + "".join(f"/x/{i}.png\n" for i in range(10)))
+    m = read_manifest(str(tmp_path / "m.csv"))
+    shards = plan_shards(m, 3)
+    assert [len(s.items) for s in shards] == [3, 3, 3, 1]
+    assert [s.name for s in plan_shards(m, 3)] == [s.name for s in shards]
+    done = {i.id for i in shards[1].items}
+    again = plan_shards(m, 3, done)
+    assert [s.name for s in again] == [shards[0].name, shards[2].name, shards[3].name]
+
+
+def test_decode_image_handles_grey_alpha_16bit_and_guards(tmp_path):
+    grey = np.full((20, 30), 128, np.uint8)
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    deep = np.full((20, 30, 3), 40000, np.uint16)
+    for arr in (grey, rgba, deep):
+        ok, buf = cv2.imencode(".png", arr)
+        out = decode_image(buf.tobytes())
+        assert out.shape == (20, 30, 3) and out.dtype == np.uint8
+    ok, buf = cv2.imencode(".png", np.zeros((40, 40, 3), np.uint8))
+    with pytest.raises(DecodeError, match="decompression-bomb"):
+        decode_image(buf.tobytes(), max_pixels=1000)
+    with pytest.raises(DecodeError, match="empty"):
+        decode_image(b"")
+    with pytest.raises(DecodeError, match="not a decodable image"):
+        decode_image(b"hello, this is text")
