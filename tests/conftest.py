@@ -31,3 +31,20 @@ def media(tmp_path) -> dict[str, Path]:
         "v1": make_video(root / "v1.avi", frames=35, fps=10),
         "v2": make_video(root / "v2.mkv", frames=24, fps=8, size=(48, 32)),
     }
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded local Ray for the whole session (starting Ray costs seconds).
+
+    Workers inherit the fault-injection variable: a unit whose uri contains `__poison__`
+    kills its worker process, as a segfaulting decoder would.
+    """
+    import os
+
+    import ray
+
+    os.environ["HUMANSEG_FAULT_CRASH_URI"] = "__poison__"
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
