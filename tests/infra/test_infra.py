@@ -125,9 +125,10 @@ def in_build_context(path: str, patterns: list[str]) -> bool:
     for pattern in patterns:
         negated = pattern.startswith("!")
         glob = pattern.lstrip("!").strip("/")
-        globs = [glob, glob[3:]] if glob.startswith("**/") else [glob]
-        if any(fnmatch.fnmatchcase(p, g) or fnmatch.fnmatchcase(p, "*/" + g.removeprefix("**/"))
-               for p in parents for g in globs):
+        any_depth = glob.startswith("**/")
+        glob = glob.removeprefix("**/")
+        if any(fnmatch.fnmatchcase(p, glob) or (any_depth and fnmatch.fnmatchcase(p, "*/" + glob))
+               for p in parents):
             included = negated
     return included
 
