@@ -1,7 +1,9 @@
 """The `humanseg-batch` command line."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import sys
 import time
 
@@ -112,6 +114,107 @@ def run(manifest, config_file, overwrite, **flags):
     """
     cfg = flags_to_config(manifest, config_file, **flags)
     sys.exit(execute(cfg, overwrite=overwrite))
+
+
+@cli.command(epilog="Also works: ray job submit --address http://HEAD:8265 -- humanseg-batch run MANIFEST -o OUT ...")
+@click.argument("manifest")
+@run_options
+@click.option("--overwrite", is_flag=True, help="Forwarded to `run`.")
+@click.option("--working-dir", type=click.Path(exists=True, file_okay=False),
+              help="Upload this folder with the job (runtime_env working_dir), e.g. a checkout of humanseg-batch.")
+@click.option("--pip", "pip_packages", multiple=True, help="pip requirement to install for the job (repeatable).")
+@click.option("--runtime-env-json", help="A full Ray runtime_env as JSON (merged over the two above).")
+@click.option("--wait/--no-wait", default=True, help="Follow the job's logs until it ends [wait].")
+def submit(manifest, config_file, overwrite, working_dir, pip_packages, runtime_env_json, wait, **flags):
+    """Submit `humanseg-batch run MANIFEST ...` to a Ray cluster as a job (Ray Jobs API).
+
+    --address is the cluster's dashboard, e.g. http://HEAD:8265; every other run option is
+    forwarded to the job's `run`. The cluster needs humanseg-batch installed (the container
+    image in infra/), or pass --working-dir/--pip to ship it with the job.
+    """
+    import shlex
+
+    address = flags.pop("address") or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise click.UsageError("--address http://HEAD:8265 (or RAY_ADDRESS) is required")
+    flags_to_config(manifest, config_file, **dict(flags))   # validate here, before anything is submitted
+    # the job runs in another folder: local paths must be absolute
+    local = lambda p: p if p is None or "://" in p else os.path.abspath(p)  # noqa: E731
+    manifest, config_file = local(manifest), local(config_file)
+    flags["output"], flags["weights"] = local(flags["output"]), local(flags["weights"])
+    args = ["humanseg-batch", "run", manifest]
+    by_name = {p.name: p for p in run.params}
+    for name, value in flags.items():
+        if value is None:
+            continue
+        opt = by_name[name]
+        if opt.is_flag or isinstance(value, bool):
+            args.append(opt.opts[0] if value else opt.secondary_opts[0])
+        else:
+            args += [opt.opts[-1] if opt.opts[-1].startswith("--") else opt.opts[0], str(value)]
+    if config_file:
+        args += ["--config", config_file]
+    if overwrite:
+        args.append("--overwrite")
+    env = {}
+    if working_dir:
+        env["working_dir"] = working_dir
+    if pip_packages:
+        env["pip"] = list(pip_packages)
+    if runtime_env_json:
+        env.update(json.loads(runtime_env_json))
+    from .ray_executor import submit_job
+
+    sys.exit(submit_job(address, shlex.join(args), env, wait, log=lambda m: click.echo(m, err=True)))
+
+
+@cli.command()
+@click.argument("output")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--endpoint-url", help="S3-compatible endpoint (or HUMANSEG_S3_ENDPOINT_URL).")
+def status(output, as_json, endpoint_url):
+    """Show committed / failed / pending shards, row counts, common errors and what to run next."""
+    from .status import format_summary, summarise
+
+    try:
+        summary = summarise(output, endpoint_url)
+    except FileNotFoundError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    busy = summary["shards"]["failed"] or summary["shards"]["pending"]
+    sys.exit(4 if busy else (3 if summary["rows"]["error"] else 0))
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("output")
+@click.option("--errors", is_flag=True, help="Also re-process items whose rows have status=error "
+              "(their shards are redone; rows are replaced, never duplicated).")
+@click.option("--executor", type=click.Choice(["ray", "local"]), help="Override the recorded executor.")
+@click.option("--address", help="Ray cluster address.")
+@click.option("--endpoint-url", help="S3-compatible endpoint (or HUMANSEG_S3_ENDPOINT_URL).")
+@click.option("--batch-size", type=int, help="Override the batch size (does not change results).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Override the model device.")
+@click.option("--progress/--no-progress", default=None, help="Show a progress bar.")
+def retry(output, errors, **overrides):
+    """Re-run the failed and unfinished shards of OUTPUT with its recorded settings."""
+    from humanseg_batch.pipeline.checkpoint import load_state, uncommit
+
+    storage = Storage(output, overrides.get("endpoint_url"))
+    record = read_run_record(storage)
+    if record is None:
+        click.echo(f"error: {output} holds no humanseg-batch run (no _run.json)", err=True)
+        sys.exit(EXIT_USAGE)
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    base = {k: v for k, v in record["config"].items() if k in known}
+    cfg = build_config(overrides, base=base)
+    if errors:
+        state = load_state(storage)
+        redo = [s for s, m in state.done.items() if m.get("rows_error")]
+        for shard in redo:
+            uncommit(storage, shard)
+        click.echo(f"re-processing {len(redo)} shard(s) with error rows", err=True)
+    sys.exit(execute(cfg))
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -243,3 +244,34 @@ class Scheduler:
         reason = f"{type(exc).__name__} in {where} after {self.retries} retries: {first_line}"
         self.committer.fail(prog.shard, reason)
         prog.credit(bar, len(prog.shard.items) - prog.counted)
+
+
+def submit_job(address: str, entrypoint: str, runtime_env: dict | None, wait: bool, log=print) -> int:
+    """Submit `entrypoint` as a Ray job through the Jobs API; optionally follow its logs to the end."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None)
+    log(f"submitted job {job_id} to {address}")
+    log(f"  follow:  ray job logs --address {address} --follow {job_id}")
+    log(f"  status:  ray job status --address {address} {job_id}")
+    if not wait:
+        print(job_id)
+        return 0
+
+    async def follow() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    try:
+        asyncio.run(follow())
+    except Exception as exc:  # noqa: BLE001 - log streaming is best effort; the status below decides
+        log(f"(log stream ended: {exc})")
+    status = client.get_job_status(job_id)
+    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        time.sleep(1)
+        status = client.get_job_status(job_id)
+    info = client.get_job_info(job_id)
+    log(f"job {job_id}: {status.value}" + (f" ({info.message})" if info.message else ""))
+    print(job_id)
+    return 0 if status == JobStatus.SUCCEEDED else (info.driver_exit_code or 1)

@@ -1,12 +1,17 @@
 """Shared fixtures: a tiny random model and a small set of real media files."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from humanseg_batch.model import build_unet, save_checkpoint
 from mediagen import make_image, make_video
+
+# Test clusters listen on 127.0.0.1 only; token auth would need a token shared by every process.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +45,6 @@ def ray_local():
     Workers inherit the fault-injection variable: a unit whose uri contains `__poison__`
     kills its worker process, as a segfaulting decoder would.
     """
-    import os
-
     import ray
 
     os.environ["HUMANSEG_FAULT_CRASH_URI"] = "__poison__"

@@ -1,0 +1,84 @@
+"""What a run output holds: committed / failed / pending shards, row counts, common errors."""
+from __future__ import annotations
+
+import collections
+
+import pyarrow.dataset as ds
+
+from humanseg_batch.pipeline.checkpoint import load_state, read_run_record
+from humanseg_batch.pipeline.manifest import ManifestError, read_manifest
+from humanseg_batch.pipeline.plan import plan_shards
+from humanseg_batch.pipeline.storage import Storage
+from humanseg_batch.pipeline.write import shard_parquet_path
+
+
+def common_errors(storage: Storage, shards: list[str], top: int = 5) -> list[tuple[str, int]]:
+    """Most frequent error messages in the given committed shards."""
+    if not shards:
+        return []
+    files = [storage.full(shard_parquet_path(s)) for s in shards]
+    table = ds.dataset(files, format="parquet", filesystem=storage.fs).to_table(
+        columns=["error"], filter=ds.field("status") == "error")
+    counts = collections.Counter(e.split("\n", 1)[0][:200] for e in table.column("error").to_pylist() if e)
+    return counts.most_common(top)
+
+
+def summarise(output: str, endpoint_url: str | None = None) -> dict:
+    """Status of an output folder as a plain dict (what `status --json` prints)."""
+    storage = Storage(output, endpoint_url)
+    record = read_run_record(storage)
+    if record is None:
+        raise FileNotFoundError(f"{output} holds no humanseg-batch run (no _run.json)")
+    state = load_state(storage)
+    cfg = record["config"]
+    pending, manifest_problem = None, None
+    try:
+        manifest = read_manifest(cfg["manifest"], endpoint_url or cfg.get("endpoint_url"))
+        planned = plan_shards(manifest, cfg["shard_size"], state.done_ids)
+        pending = len([s for s in planned if s.name not in state.failed])
+    except (ManifestError, OSError) as exc:
+        manifest_problem = str(exc)
+    markers = state.done.values()
+    error_shards = [s for s, m in state.done.items() if m.get("rows_error")]
+    summary = {
+        "output": output, "manifest": cfg["manifest"], "model": cfg.get("model"),
+        "weights_sha256": cfg.get("weights_sha256"), "runs": record.get("runs", 1),
+        "shards": {"committed": len(state.done), "failed": len(state.failed), "pending": pending},
+        "rows": {"ok": sum(m.get("rows_ok", 0) for m in markers), "error": sum(m.get("rows_error", 0) for m in markers)},
+        "items_committed": sum(len(m.get("ids", ())) for m in markers),
+        "frames": sum(m.get("frames", 0) for m in markers),
+        "failed_shards": {s: f.get("reason", "").split("\n", 1)[0] for s, f in sorted(state.failed.items())},
+        "common_errors": [{"error": e, "rows": n} for e, n in common_errors(storage, error_shards)],
+        "manifest_problem": manifest_problem,
+    }
+    summary["next"] = next_step(summary)
+    return summary
+
+
+def next_step(s: dict) -> str:
+    out = s["output"]
+    if s["shards"]["failed"] or s["shards"]["pending"]:
+        return f"humanseg-batch retry {out}"
+    if s["rows"]["error"]:
+        return f"humanseg-batch retry {out} --errors   (re-processes the items whose rows have status=error)"
+    return "nothing: every shard is committed and every row is ok"
+
+
+def format_summary(s: dict) -> str:
+    sh, rows = s["shards"], s["rows"]
+    lines = [
+        f"output     {s['output']}",
+        f"manifest   {s['manifest']}",
+        f"model      {s['model']} (weights {str(s['weights_sha256'])[:16]})",
+        f"shards     {sh['committed']} committed, {sh['failed']} failed, "
+        f"{'?' if sh['pending'] is None else sh['pending']} pending",
+        f"rows       {rows['ok']} ok, {rows['error']} error ({s['items_committed']} items, {s['frames']} video frames)",
+    ]
+    if s["manifest_problem"]:
+        lines.append(f"manifest   cannot be read now: {s['manifest_problem']}")
+    for shard, reason in list(s["failed_shards"].items())[:5]:
+        lines.append(f"failed     {shard}: {reason}")
+    for e in s["common_errors"]:
+        lines.append(f"error x{e['rows']:<5} {e['error']}")
+    lines.append(f"next       {s['next']}")
+    return "\n".join(lines)

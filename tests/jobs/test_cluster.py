@@ -1,0 +1,85 @@
+"""Cluster path: a real `ray start --head` node on loopback, jobs submitted through the Jobs API."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mediagen import read_rows, write_manifest
+
+pytestmark = pytest.mark.cluster
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """`ray start --head --block` in its own process group; stopping it stops only this node."""
+    gcs, dash = free_port(), free_port()
+    temp = tmp_path_factory.mktemp("rayhead")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}:{os.environ['PATH']}")  # as on a node with the package installed
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", f"--temp-dir={temp}",
+         "--include-dashboard=true", "--disable-usage-stats"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            from ray.job_submission import JobSubmissionClient
+            JobSubmissionClient(address).list_jobs()
+            break
+        except Exception:  # noqa: BLE001 - not up yet
+            if proc.poll() is not None:
+                pytest.fail(f"ray start failed: {proc.stdout.read().decode()[-2000:]}")
+            time.sleep(1)
+    else:
+        pytest.fail("the Ray head did not come up in 120 s")
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def cluster_env():
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def test_submit_runs_on_the_cluster(ray_head, media, tmp_path, tiny_weights):
+    manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(media[k]), "id": k} for k in ("a", "b", "v2")])
+    out = tmp_path / "out"
+    proc = subprocess.run([str(BIN / "humanseg-batch"), "submit", str(manifest), "-o", str(out),
+                           "--weights", tiny_weights, "--address", ray_head, "--no-progress",
+                           "--video-chunk-seconds", "1"],
+                          env=cluster_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "submitted job" in proc.stderr and "SUCCEEDED" in proc.stderr
+    rows = read_rows(out)
+    assert len(rows) == 2 + 24 and all(r["status"] == "ok" for r in rows)
+
+
+def test_plain_ray_job_submit_works_too(ray_head, media, tmp_path, tiny_weights):
+    manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(media["a"]), "id": "a"}])
+    out = tmp_path / "out"
+    proc = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", ray_head, "--",
+                           str(BIN / "humanseg-batch"), "run", str(manifest), "-o", str(out),
+                           "--weights", tiny_weights, "--no-progress"],
+                          env=cluster_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [r["id"] for r in read_rows(out)] == ["a"]
