@@ -26,7 +26,6 @@ def storage_options(uri: str, endpoint_url: str | None = None) -> dict[str, Any]
         # botocore's adaptive mode retries throttling, 5xx and timeouts with backoff
         "config_kwargs": {"retries": {"max_attempts": 10, "mode": "adaptive"},
                           "connect_timeout": 10, "read_timeout": 60},
-        "retries": 8,
     }
     if endpoint:
         opts["client_kwargs"] = {"endpoint_url": endpoint}

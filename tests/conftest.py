@@ -51,3 +51,54 @@ def ray_local():
     ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible HTTP server (moto's server mode) on 127.0.0.1.
+
+    `.ci/run` starts one and exports HUMANSEG_TEST_S3_ENDPOINT; otherwise this fixture
+    starts its own. Yields the endpoint url; AWS test credentials are set in the environment.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    os.environ.pop("AWS_PROFILE", None)
+    endpoint = os.environ.get("HUMANSEG_TEST_S3_ENDPOINT")
+    proc = None
+    if not endpoint:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        endpoint = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(endpoint, timeout=1)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.1)
+    os.environ["HUMANSEG_S3_ENDPOINT_URL"] = endpoint
+    yield endpoint
+    if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh bucket on the test server; yields (s3fs filesystem, bucket name)."""
+    import re
+
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_server})
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-") or "bucket"
+    fs.mkdir(name)
+    yield fs, name
+    fs.rm(name, recursive=True)
