@@ -234,3 +234,17 @@ def docs_sql(question: str) -> str:
 def test_documented_examples_answer_their_questions(designed_out, question, expected):
     got = rows_of(designed_out, docs_sql(question))
     assert [{k: r[k] for k in expected[0]} for r in got] == [pytest.approx(e) for e in expected]
+
+
+def test_query_reads_an_output_on_s3(run_out, s3_bucket, s3_server, tmp_path):
+    fs, bucket = s3_bucket
+    fs.put(str(run_out), f"{bucket}/runs/out", recursive=True)     # the stray uncommitted Parquet goes too
+    remote = f"s3://{bucket}/runs/out"
+    sql = "select id, n_frames, n_errors, max_person_fraction from items order by id"
+    assert rows_of(remote, sql, "--endpoint-url", s3_server) == rows_of(run_out, sql)
+    assert rows_of(remote, "select count(*) as n from frames") == [{"n": len(committed_table(run_out))}]
+    code, text = run_query(remote, "select * from person_segments", "--format", "parquet",
+                           "--out", f"{remote}/answers/segments.parquet")
+    assert code == 0 and fs.exists(f"{bucket}/runs/out/answers/segments.parquet")
+    code, text = run_query(f"s3://{bucket}/no/such/run", "select 1")
+    assert code == 2 and "does not exist" in text and "Traceback" not in text
