@@ -104,7 +104,7 @@ class SourceReader:
     def _video_frame(self, uri: str, i: int) -> np.ndarray:
         if uri not in self._index:
             self._index[uri] = probe_video(uri, self.endpoint_url)
-        for _, frame in decode_chunk(uri, self._index[uri], ChunkPlan(chunk=0, frames=(i,)), self.endpoint_url):
+        for _, frame, _ in decode_chunk(uri, self._index[uri], ChunkPlan(chunk=0, frames=(i,)), self.endpoint_url):
             if isinstance(frame, DecodeError):
                 raise frame
             return frame

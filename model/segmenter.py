@@ -51,15 +51,25 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def content_size(h: int, w: int, H: int, W: int) -> tuple[int, int]:
+    """Size of an h x w frame scaled to fit an H x W letterbox, keeping its aspect."""
+    scale = min(H / h, W / w)
+    return max(1, min(H, round(h * scale))), max(1, min(W, round(w * scale)))
+
+
 def letterbox_into(dst: np.ndarray, frame: np.ndarray) -> tuple[int, int]:
-    """Resize `frame` into the top-left of `dst` (HxWx3, zero elsewhere), keeping aspect; return the content size."""
+    """Resize `frame` into the top-left of `dst` (HxWx3, zero elsewhere), keeping aspect; return the content size.
+    A frame already at its content size (scaled by the decoder) is copied as is."""
     H, W = dst.shape[:2]
     h, w = frame.shape[:2]
-    scale = min(H / h, W / w)
-    ch, cw = max(1, min(H, round(h * scale))), max(1, min(W, round(w * scale)))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    dst[:] = 0
-    dst[:ch, :cw] = cv2.resize(frame, (cw, ch), interpolation=interp)
+    ch, cw = content_size(h, w, H, W)
+    dst[ch:] = 0
+    dst[:ch, cw:] = 0
+    if (ch, cw) == (h, w):
+        dst[:ch, :cw] = frame
+    else:
+        interp = cv2.INTER_AREA if ch < h else cv2.INTER_LINEAR
+        dst[:ch, :cw] = cv2.resize(frame, (cw, ch), interpolation=interp)
     return ch, cw
 
 
@@ -69,7 +79,8 @@ def finish_mask(prob: np.ndarray, size: tuple[int, int], shape: tuple[int, int],
     ch, cw = size
     small = prob[:ch, :cw]
     full = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    mask = np.where(full > threshold * 255.0, np.uint8(255), np.uint8(0))
+    # prob is an integer 0..255: "> threshold*255" is "> floor(threshold*255)"
+    _, mask = cv2.threshold(full, float(np.floor(threshold * 255.0)), 255, cv2.THRESH_BINARY)
     count = cv2.countNonZero(mask)
     bbox = None
     if count:

@@ -144,8 +144,8 @@ def probe_video(uri: str, endpoint_url: str | None = None) -> VideoIndex:
             fobj.close()
 
 
-def _decode_pass(uri, endpoint_url, seek_pts, wanted: dict[int, int], got: set[int], last: int):
-    """One decoding pass; yields (index, rgb), then a final (None, (first_pts, failure_text))."""
+def _decode_pass(uri, endpoint_url, seek_pts, wanted: dict[int, int], got: set[int], last: int, fit):
+    """One decoding pass; yields (index, rgb, (h, w)), then a final (None, (first_pts, failure_text), None)."""
     container, fobj = _open_container(uri, endpoint_url)
     first_ts, failure = None, "frame not produced by the decoder (truncated or corrupt stream)"
     try:
@@ -158,7 +158,12 @@ def _decode_pass(uri, endpoint_url, seek_pts, wanted: dict[int, int], got: set[i
             first_ts = ts if first_ts is None else first_ts
             if ts in wanted and wanted[ts] not in got:
                 got.add(wanted[ts])
-                yield wanted[ts], frame.to_ndarray(format="rgb24")
+                h, w = frame.height, frame.width
+                if fit is None:
+                    yield wanted[ts], frame.to_ndarray(format="rgb24"), (h, w)
+                else:  # scale inside swscale, together with the colour conversion: no full-size RGB copy
+                    fh, fw = fit(h, w)
+                    yield wanted[ts], frame.to_ndarray(width=fw, height=fh, format="rgb24", interpolation="AREA"), (h, w)
             if ts is not None and ts >= last:
                 break
     except av.FFmpegError as exc:
@@ -167,12 +172,14 @@ def _decode_pass(uri, endpoint_url, seek_pts, wanted: dict[int, int], got: set[i
         container.close()
         if fobj is not None:
             fobj.close()
-    yield None, (first_ts, failure)
+    yield None, (first_ts, failure), None
 
 
-def decode_chunk(uri: str, index: VideoIndex, plan: ChunkPlan,
-                 endpoint_url: str | None = None) -> Iterator[tuple[int, np.ndarray | DecodeError]]:
-    """Yield (frame_index, RGB frame or DecodeError) once for each planned frame of a chunk.
+def decode_chunk(uri: str, index: VideoIndex, plan: ChunkPlan, endpoint_url: str | None = None,
+                 fit=None) -> Iterator[tuple[int, np.ndarray | DecodeError, tuple[int, int] | None]]:
+    """Yield (frame_index, RGB frame or DecodeError, original (h, w)) once for each planned frame of a chunk.
+
+    `fit(h, w) -> (h2, w2)`, if given, is the size the RGB frame is scaled to while converting.
 
     Seeks to the keyframe before the chunk and decodes forward. If the seek landed past the
     chunk's first frame (some demuxers do), the missing frames are decoded from the start of
@@ -183,15 +190,15 @@ def decode_chunk(uri: str, index: VideoIndex, plan: ChunkPlan,
     got: set[int] = set()
     seek: int | None = start if start > index.pts[0] else None
     while True:
-        for i, value in _decode_pass(uri, endpoint_url, seek, wanted, got, last):
+        for i, value, shape in _decode_pass(uri, endpoint_url, seek, wanted, got, last, fit):
             if i is None:
                 first_ts, failure = value
             else:
-                yield i, value
+                yield i, value, shape
         overshot = seek is not None and (first_ts is None or first_ts > start)
         if len(got) == len(wanted) or not overshot:
             break
         seek = None
     for i in plan.frames:
         if i not in got:
-            yield i, DecodeError(failure)
+            yield i, DecodeError(failure), None

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from humanseg_batch.model.segmenter import finish_mask, letterbox_into
+from humanseg_batch.model.segmenter import content_size, finish_mask, letterbox_into
 
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_chunk, decode_image, probe_video, read_media, sniff_media_type
 from .plan import ImageUnit, Item, Sampling, Shard, VideoUnit, image_units, plan_chunks
@@ -94,23 +94,29 @@ def expand_shard(shard: Shard, ctx: UnitContext) -> tuple[list[ImageUnit | Video
     return [*units, *videos], rows
 
 
-def _image_frames(unit: ImageUnit, ctx: UnitContext) -> Iterator[tuple[Item, int | None, object]]:
+Frame = tuple[Item, "int | None", "np.ndarray | DecodeError", "tuple[int, int] | None"]
+
+
+def _image_frames(unit: ImageUnit, ctx: UnitContext) -> Iterator[Frame]:
     for item in unit.items:
         try:
-            yield item, None, decode_image(read_media(item.uri, ctx.endpoint_url), ctx.max_pixels)
+            rgb = decode_image(read_media(item.uri, ctx.endpoint_url), ctx.max_pixels)
+            yield item, None, rgb, rgb.shape[:2]
         except DecodeError as exc:
-            yield item, None, exc
+            yield item, None, exc, None
         except (OSError, ValueError) as exc:
-            yield item, None, DecodeError(f"cannot read: {exc}")
+            yield item, None, DecodeError(f"cannot read: {exc}"), None
 
 
-def _video_frames(unit: VideoUnit, ctx: UnitContext) -> Iterator[tuple[Item, int | None, object]]:
+def _video_frames(unit: VideoUnit, ctx: UnitContext) -> Iterator[Frame]:
+    m = ctx.model
+    fit = lambda h, w: content_size(h, w, m.input_height, m.input_width)  # noqa: E731
     try:
-        for index, frame in decode_chunk(unit.item.uri, unit.index, unit.plan, ctx.endpoint_url):
-            yield unit.item, index, frame
+        for index, frame, shape in decode_chunk(unit.item.uri, unit.index, unit.plan, ctx.endpoint_url, fit=fit):
+            yield unit.item, index, frame, shape
     except DecodeError as exc:   # the file vanished or broke since it was probed
         for index in unit.plan.frames:
-            yield unit.item, index, exc
+            yield unit.item, index, exc, None
 
 
 class _Sink:
@@ -168,14 +174,14 @@ def run_unit(unit: ImageUnit | VideoUnit, ctx: UnitContext, inference: Inference
         stats["frames"] += len(records)
 
     t = time.perf_counter()
-    for item, index, frame in frames:
+    for item, index, frame, shape in frames:
         if isinstance(frame, DecodeError):
             rows.append(error_row(item, ctx, unit.shard, str(frame), frame_index=index,
                                   timestamp_s=_timestamp(unit, index), chunk=chunk))
             stats["errors"] += 1
             continue
         size = letterbox_into(buf[len(batch)], frame)
-        batch.append((item, index, frame.shape[:2], size))
+        batch.append((item, index, shape, size))
         if len(batch) == m.batch_size:
             stats["decode_s"] += time.perf_counter() - t
             token = inference.submit(buf[: len(batch)])

@@ -15,9 +15,9 @@ def decoded_indices(path, index, chunks):
     seen = []
     for plan in chunks:
         got = list(decode_chunk(str(path), index, plan))
-        assert all(not isinstance(f, DecodeError) for _, f in got), got
-        assert sorted(i for i, _ in got) == list(plan.frames)
-        seen.extend(i for i, _ in got)
+        assert all(not isinstance(f, DecodeError) for _, f, _ in got), got
+        assert sorted(i for i, _, _ in got) == list(plan.frames)
+        seen.extend(i for i, _, _ in got)
     return seen
 
 
@@ -56,10 +56,12 @@ def test_variable_frame_rate_and_late_start(tmp_path):
 def test_chunk_frames_are_the_right_frames(tmp_path):
     path = make_video(tmp_path / "v.avi", frames=30, fps=10, gop=8)
     index = probe_video(str(path))
-    full = {i: f for plan in plan_chunks(index, 100, Sampling()) for i, f in decode_chunk(str(path), index, plan)}
+    full = {i: f for plan in plan_chunks(index, 100, Sampling()) for i, f, _ in decode_chunk(str(path), index, plan)}
     for plan in plan_chunks(index, 0.9, Sampling()):
-        for i, frame in decode_chunk(str(path), index, plan):
-            assert np.array_equal(frame, full[i])
+        for i, frame, shape in decode_chunk(str(path), index, plan):
+            assert np.array_equal(frame, full[i]) and shape == (48, 64)
+        small = list(decode_chunk(str(path), index, plan, fit=lambda h, w: (h // 2, w // 2)))
+        assert all(f.shape == (24, 32, 3) and shape == (48, 64) for _, f, shape in small)
 
 
 def test_shards_are_deterministic_and_regroup_after_partial_commit(tmp_path):
