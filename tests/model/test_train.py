@@ -1,0 +1,158 @@
+"""Training on a synthetic task: person-like figures on textured backgrounds."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from humanseg_batch.model import load_checkpoint
+from humanseg_batch.model.augment import AugmentConfig, TrainingSet, composite, letterbox
+from humanseg_batch.model.data import SampleSet, load_pack, save_pack, split_indices
+from humanseg_batch.model.train import TrainConfig, latest_state, lr_factor, train
+from humanseg_batch.model.unet import UNetConfig
+
+
+def textured_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Smooth colour blobs plus stripes plus pixel noise."""
+    low = rng.integers(0, 256, (4, 4, 3)).astype(np.uint8)
+    img = cv2.resize(low, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    yy, xx = np.mgrid[:h, :w]
+    angle, period = rng.uniform(0, np.pi), rng.uniform(4, 16)
+    stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+    img += stripes[..., None] * rng.uniform(5, 25, 3)
+    img += rng.normal(0, 8, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def draw_person(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
+    """An ellipse head, a rounded-rectangle torso and four thick limbs, in one random colour."""
+    h, w = mask.shape
+    s = rng.uniform(0.55, 0.9) * h             # body height
+    cx, top = rng.uniform(0.25, 0.75) * w, rng.uniform(0.02, 0.12) * h
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    layer = np.zeros_like(mask)
+    head = (int(cx), int(top + 0.09 * s))
+    cv2.ellipse(layer, head, (int(0.06 * s), int(0.08 * s)), 0, 0, 360, 1, -1)
+    tw, t0, t1 = 0.11 * s, top + 0.17 * s, top + 0.55 * s
+    cv2.rectangle(layer, (int(cx - tw + 3), int(t0)), (int(cx + tw - 3), int(t1)), 1, -1)
+    cv2.rectangle(layer, (int(cx - tw), int(t0 + 3)), (int(cx + tw), int(t1 - 3)), 1, -1)
+    thick = max(3, int(0.08 * s))
+    for side in (-1, 1):
+        cv2.line(layer, (int(cx + side * tw), int(t0 + 4)),
+                 (int(cx + side * (tw + rng.uniform(0.05, 0.2) * s)), int(top + 0.5 * s)), 1, thick)
+        cv2.line(layer, (int(cx + side * tw * 0.5), int(t1)),
+                 (int(cx + side * rng.uniform(0.05, 0.2) * s), int(top + s)), 1, thick)
+    img[layer > 0] = np.clip(np.array(colour) + rng.normal(0, 10, (int(layer.sum()), 3)), 0, 255)
+    mask |= layer
+
+
+def synthetic_set(n: int, size: int = 64, seed: int = 0) -> SampleSet:
+    rng = np.random.default_rng(seed)
+    out = SampleSet()
+    for i in range(n):
+        img = textured_background(rng, size, size)
+        mask = np.zeros((size, size), np.uint8)
+        if i % 8:  # every 8th image is person-free
+            draw_person(img, mask, rng)
+        out.add(img, mask, f"s{i:04d}.png")
+    return out
+
+
+TINY = UNetConfig(base_width=8, depth=3, input_height=64, input_width=64)
+GENTLE = AugmentConfig(zoom=(0.85, 1.2), rotate=8.0, shift=0.05, colour=0.1, blur=0.1, noise=0.1)
+
+
+def config(tmp_path, data, **kw) -> TrainConfig:
+    base = dict(data=str(data), out_dir=str(tmp_path / "run"), model=TINY, augment=GENTLE, epochs=28,
+                batch_size=16, lr=1e-2, val_fraction=0.15, seed=3, device="cpu", precision="fp32", threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "synthetic.npz"
+    save_pack(path, synthetic_set(288), jpeg_quality=98)
+    return path
+
+
+def test_learns_synthetic_people(tmp_path, packed):
+    result = train(config(tmp_path, packed), log=lambda s: None)
+    assert result.best_val_iou >= 0.9, result.history
+    model, info = load_checkpoint(result.best_path)
+    assert model.config == TINY and info["extra"]["epoch"] == result.best_epoch
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == list(range(1, 29))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def stop_after(epoch: int):
+    def log(line: str) -> None:
+        if line.startswith(f"epoch={epoch} "):
+            raise Interrupted
+    return log
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, packed):
+    small = dict(epochs=3, lr=5e-3)
+    straight = train(config(tmp_path / "a", packed, **small), log=lambda s: None)
+    with pytest.raises(Interrupted):
+        train(config(tmp_path / "b", packed, **small), log=stop_after(2))
+    resumed = train(config(tmp_path / "b", packed, **dict(small, resume=True)), log=lambda s: None)
+    assert resumed.epochs_run == 3 and latest_state(tmp_path / "b" / "run").name == "epoch_003.pt"
+    for a, b in zip(straight.history, resumed.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
+        assert a["val_iou"] == pytest.approx(b["val_iou"], abs=1e-6)
+    sa = torch.load(latest_state(tmp_path / "a" / "run"), weights_only=True)["model"]
+    sb = torch.load(latest_state(tmp_path / "b" / "run"), weights_only=True)["model"]
+    assert all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa)
+
+
+def test_resume_refuses_a_different_config(tmp_path, packed):
+    train(config(tmp_path, packed, epochs=1), log=lambda s: None)
+    with pytest.raises(ValueError, match="different config"):
+        train(config(tmp_path, packed, epochs=2, lr=1e-4, resume=True), log=lambda s: None)
+
+
+def test_split_is_reproducible_and_keeps_groups_together():
+    groups = [f"g{i // 3}" for i in range(30)]
+    a, b = split_indices(groups, 0.2, seed=1), split_indices(groups, 0.2, seed=1)
+    assert a == b and len(a[1]) == 6
+    assert not {groups[i] for i in a[0]} & {groups[i] for i in a[1]}
+    assert split_indices(groups, 0.2, seed=2) != a
+
+
+def test_pack_round_trip_and_augmentation_shapes(tmp_path):
+    s = synthetic_set(5)
+    s.cutouts = [(s.images[1], s.masks[1] * 255)]
+    s.backgrounds = [s.images[0]]
+    save_pack(tmp_path / "p.npz", s)
+    back = load_pack(tmp_path / "p.npz")
+    assert back.names == s.names and all((a == b).all() for a, b in zip(back.masks, s.masks))
+    assert len(back.cutouts) == 1 and (back.cutouts[0][1] == s.masks[1] * 255).all()
+    ds = TrainingSet(back, 48, 64, AugmentConfig(), seed=0, composites=3)
+    assert len(ds) == 8
+    x, y = ds[7]
+    assert x.shape == (48, 64, 3) and y.shape == (48, 64) and x.dtype == torch.uint8
+    assert torch.equal(ds[7][0], x)     # same (seed, epoch, index) -> same sample
+    img, m = composite(back.backgrounds[0], back.cutouts, np.random.default_rng(0), AugmentConfig())
+    assert img.shape == (64, 64, 3) and m.max() <= 1
+
+
+def test_letterbox_matches_segmenter_layout():
+    img = np.full((30, 90, 3), 200, np.uint8)
+    out, m = letterbox(img, np.ones((30, 90), np.uint8), 48, 64)
+    assert out.shape == (48, 64, 3) and m[:21, :64].all() and not m[22:].any() and not out[22:].any()
+
+
+def test_schedules_start_low_peak_and_end_low():
+    for name in ("onecycle", "cosine"):
+        f = [lr_factor(name, s, 100) for s in range(101)]
+        assert f[0] < 0.1 and max(f) == pytest.approx(1.0, abs=0.02) and f[-1] < 1e-3
