@@ -65,17 +65,18 @@ def flags_to_config(manifest: str, config_file: str | None, **flags) -> RunConfi
         raise click.UsageError(str(exc)) from None
 
 
-def execute(cfg: RunConfig, overwrite: bool = False) -> int:
+def execute(cfg: RunConfig, overwrite: bool = False, observers=()) -> int:
     """Run a config with its executor; return the exit code."""
-    start = time.time()
+    start = CLI_STARTED if CLI_STARTED else time.time()
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     try:
-        prep = prepare(cfg, overwrite=overwrite, log=log)
+        prep = prepare(cfg, overwrite=overwrite, log=log, started=start)
     except (ManifestError, CheckpointError, RunMismatchError, ValueError) as exc:
         click.echo(f"error: {exc}", err=True)
         return EXIT_USAGE
     log(f"{prep.summary.items} item(s) in {len(prep.shards)} shard(s) to process; "
         f"{prep.summary.shards_skipped} shard(s) already committed")
+    prep.observers.extend(observers)
     if prep.shards:
         if cfg.executor == "local":
             from .local import execute_local
@@ -217,7 +218,35 @@ def retry(output, errors, **overrides):
     sys.exit(execute(cfg))
 
 
+def _register_subcommands() -> None:
+    from .preview import preview
+    from .query import query
+
+    for command in (query, preview):
+        cli.add_command(command)
+    try:
+        from .train_cli import eval_, train
+    except ImportError:  # training module not installed in this build
+        return
+    cli.add_command(train)
+    cli.add_command(eval_)
+
+
+_register_subcommands()
+CLI_STARTED: float | None = None
+
+
+def process_start_time() -> float:
+    """When this process started (imports included), where the OS tells; else now."""
+    try:
+        return os.stat(f"/proc/{os.getpid()}").st_ctime
+    except OSError:
+        return time.time()
+
+
 def main() -> None:
+    global CLI_STARTED
+    CLI_STARTED = process_start_time()
     cli()
 
 

@@ -28,6 +28,7 @@ def execute_local(prep: Prepared) -> None:
                 stats: dict = {"units": len(units)}
                 for unit in units:
                     unit_rows, unit_stats = run_unit(unit, prep.context, inference)
+                    prep.unit_done(unit_stats["frames"])
                     rows.extend(unit_rows)
                     add_stats(stats, unit_stats)
                 committer.commit(shard, rows, stats)

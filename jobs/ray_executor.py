@@ -221,6 +221,7 @@ class Scheduler:
             self.todo[:0] = [(prog, u) for u in units]
         else:
             rows, stats = result
+            self.prep.unit_done(stats["frames"])
             prog.rows.extend(rows)
             add_stats(prog.stats, stats)
             prog.units_left -= 1

@@ -42,6 +42,7 @@ class RunSummary:
     removed_from_manifest: int = 0
     duplicates: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    first_result_s: float | None = None   # from the start of the run to the first unit written
 
     @property
     def exit_code(self) -> int:
@@ -60,6 +61,16 @@ class Prepared:
     context: UnitContext
     model_path: str | None
     summary: RunSummary
+    started: float = field(default_factory=time.time)
+    # called as observer(frames, now) each time a work unit lands (progress, `bench`)
+    observers: list = field(default_factory=list)
+
+    def unit_done(self, frames: int) -> None:
+        now = time.time()
+        if self.summary.first_result_s is None:
+            self.summary.first_result_s = now - self.started
+        for observe in self.observers:
+            observe(frames, now)
 
 
 def model_info(cfg: RunConfig) -> tuple[ModelInfo, str]:
@@ -87,7 +98,7 @@ def wipe_output(storage: Storage) -> None:
     storage.remove(RUN_RECORD)
 
 
-def prepare(cfg: RunConfig, overwrite: bool = False, log=print) -> Prepared:
+def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float | None = None) -> Prepared:
     storage = Storage(cfg.output, cfg.endpoint_url)
     model, model_path = model_info(cfg)
     log(f"model: {model.name}  weights: {model_path} (sha256 {model.weights_sha256[:16]})")
@@ -108,7 +119,7 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print) -> Prepared:
     ctx = UnitContext(output=storage, model=model, endpoint_url=cfg.endpoint_url, max_pixels=cfg.max_image_pixels,
                       sampling=Sampling(cfg.sample_every, cfg.sample_fps), chunk_seconds=cfg.video_chunk_seconds,
                       images_per_unit=cfg.images_per_unit)
-    return Prepared(cfg, storage, manifest, shards, ctx, model_path, summary)
+    return Prepared(cfg, storage, manifest, shards, ctx, model_path, summary, started=started or time.time())
 
 
 class ShardCommitter:
@@ -146,7 +157,8 @@ class ShardCommitter:
 
 def print_summary(summary: RunSummary, output: str, log=print) -> None:
     s = summary
-    log(f"done in {s.seconds:.1f}s: {s.shards_committed} shard(s) committed, {s.shards_skipped} already done, "
+    first = f" (first results after {s.first_result_s:.1f}s)" if s.first_result_s is not None else ""
+    log(f"done in {s.seconds:.1f}s{first}: {s.shards_committed} shard(s) committed, {s.shards_skipped} already done, "
         f"{len(s.shards_failed)} failed; rows ok {s.rows_ok}, errors {s.rows_error}; video frames {s.frames}")
     if s.duplicates:
         log(f"manifest has {len(s.duplicates)} duplicate id(s), each processed once (e.g. {s.duplicates[0]!r})")
