@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import struct
+from contextlib import contextmanager
 from fractions import Fraction
 from typing import Iterator
 
@@ -27,15 +28,28 @@ def _local_path(uri: str) -> str | None:
     return None if is_remote(uri) else uri
 
 
-def read_media(uri: str, endpoint_url: str | None = None) -> bytes:
+@contextmanager
+def _reading(uri: str):
+    """Turn the usual reasons a file cannot be read into DecodeErrors with a plain message."""
     try:
-        return read_uri(uri, endpoint_url)
+        yield
     except FileNotFoundError:
         raise DecodeError(f"file not found: {uri}") from None
     except IsADirectoryError:
         raise DecodeError(f"is a directory, not a file: {uri}") from None
     except PermissionError:
         raise DecodeError(f"permission denied: {uri}") from None
+
+
+def read_media(uri: str, endpoint_url: str | None = None) -> bytes:
+    with _reading(uri):
+        return read_uri(uri, endpoint_url)
+
+
+def read_head(uri: str, endpoint_url: str | None = None, size: int = 16) -> bytes:
+    """The first bytes of a file (to sniff its type)."""
+    with _reading(uri), open_uri(uri, endpoint_url) as f:
+        return f.read(size)
 
 
 def sniff_media_type(head: bytes) -> str:
@@ -112,7 +126,7 @@ def _open_container(uri: str, endpoint_url: str | None):
     except FileNotFoundError:
         raise DecodeError(f"file not found: {uri}") from None
     except av.FFmpegError as exc:
-        raise DecodeError(f"cannot open video: {exc}") from None
+        raise DecodeError(f"cannot open video (truncated, or not a video file): {_ffmpeg_message(exc)}") from None
 
 
 def probe_video(uri: str, endpoint_url: str | None = None) -> VideoIndex:
@@ -124,24 +138,51 @@ def probe_video(uri: str, endpoint_url: str | None = None) -> VideoIndex:
         stream = container.streams.video[0]
         if stream.codec_context is None or stream.codec_context.name is None:
             raise DecodeError("unsupported video codec")
-        pts = []
-        try:
-            for packet in container.demux(stream):
-                if packet.size == 0:
-                    continue
-                ts = packet.pts if packet.pts is not None else packet.dts
-                if ts is not None:
-                    pts.append(int(ts))
-        except av.FFmpegError:
-            pass  # truncated file: keep the packets read before the break
+        pts, problem = _demux_timestamps(container, stream)
         if not pts:
-            raise DecodeError("video stream has no frames")
+            raise DecodeError(f"video stream has no readable frames{f' ({problem})' if problem else ''}")
         tb = stream.time_base or Fraction(1, 1000)
-        return VideoIndex(tuple(sorted(set(pts))), Fraction(tb), int(stream.width or 0), int(stream.height or 0))
+        return VideoIndex(tuple(sorted(set(pts))), Fraction(tb), int(stream.width or 0), int(stream.height or 0),
+                          problem)
     finally:
         container.close()
         if fobj is not None:
             fobj.close()
+
+
+def _demux_timestamps(container, stream) -> tuple[list[int], str]:
+    """Every whole packet's timestamp, and why the list may be short ('' when the stream looks complete).
+
+    A cut file shows as a demuxer error, as fewer packets than the container declares, or as
+    a last packet marked corrupt (its data is partial: that frame is left out).
+    """
+    packets: list[tuple[int, bool]] = []
+    count, failure = 0, ""
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 and packet.dts is None:
+                continue                   # the flush packet at the end
+            count += 1
+            ts = packet.pts if packet.pts is not None else packet.dts
+            if packet.size and ts is not None:
+                packets.append((int(ts), packet.is_corrupt))
+    except av.FFmpegError as exc:
+        failure = _ffmpeg_message(exc)
+    cut_tail = bool(packets) and packets[-1][1]
+    while packets and packets[-1][1]:
+        packets.pop()
+    pts = [ts for ts, _ in packets]
+    declared = stream.frames or 0
+    if not (failure or cut_tail or declared > count):
+        return pts, ""
+    problem = (f"video truncated: {len(pts)} of {declared} frames readable" if declared > len(pts)
+               else f"video truncated or corrupt after frame {len(pts)}")
+    return pts, problem + (f" ({failure})" if failure else "")
+
+
+def _ffmpeg_message(exc: av.FFmpegError) -> str:
+    """FFmpeg's own words for an error, without the errno and the file name PyAV adds."""
+    return str(getattr(exc, "strerror", None) or exc)
 
 
 def _decode_pass(uri, endpoint_url, seek_pts, wanted: dict[int, int], got: set[int], last: int, fit):

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -22,6 +23,7 @@ from .storage import read_uri
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pbm", ".gif"}
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp"}
 RESERVED = {"uri", "id", "media_type"}
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 class ManifestError(ValueError):
@@ -84,6 +86,24 @@ def resolve_uri(u: str, base: str) -> str:
     return f"{base}/{u}" if "://" in base else os.path.normpath(os.path.join(base, u))
 
 
+def uri_problem(u: str) -> str:
+    """Why a manifest uri cannot be used as written ('' if it can be tried)."""
+    if not u:
+        return "blank uri in manifest row"
+    if "\x00" in u:
+        return "uri contains a NUL byte"
+    scheme, sep, rest = u.partition("://")
+    if not sep:
+        return ""
+    if not _SCHEME.fullmatch(scheme):
+        return f"malformed uri {u!r}: {scheme!r} is not a uri scheme"
+    if scheme.lower() in ("s3", "s3a") and not re.fullmatch(r"[^/]+/+[^/].*", rest):
+        return f"malformed uri {u!r}: expected s3://bucket/key"
+    if not rest.strip("/"):
+        return f"malformed uri {u!r}: no path after {scheme}://"
+    return ""
+
+
 def _text_column(table: pa.Table, name: str) -> list[str]:
     if name not in table.column_names:
         return [""] * table.num_rows
@@ -116,11 +136,7 @@ def read_manifest(uri: str, endpoint_url: str | None = None) -> Manifest:
             duplicates.append(item_id)
             continue
         seen.add(item_id)
-        error = ""
-        if not u:
-            error = "blank uri in manifest row"
-        elif "\x00" in u:
-            error = "uri contains a NUL byte"
+        error = uri_problem(u)
         if t and t not in ("image", "video", "auto"):
             error = error or f"unknown media_type {t!r} (use image or video)"
         positions.append(pos)

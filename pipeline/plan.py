@@ -51,6 +51,7 @@ class VideoIndex:
     time_base: Fraction
     width: int
     height: int
+    problem: str = ""             # why frames may be missing (truncated file); one error row reports it
 
     def seconds(self, i: int) -> float:
         return float((self.pts[i] - self.pts[0]) * self.time_base)

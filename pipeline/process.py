@@ -14,9 +14,10 @@ import numpy as np
 
 from humanseg_batch.model.segmenter import content_size, finish_mask, letterbox_into
 
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, decode_chunk, decode_image, probe_video, read_media, sniff_media_type
+from .decode import (DEFAULT_MAX_PIXELS, DecodeError, decode_chunk, decode_image, probe_video, read_head,
+                     read_media, sniff_media_type)
 from .plan import ImageUnit, Item, Sampling, Shard, VideoUnit, image_units, plan_chunks
-from .storage import Storage, open_uri
+from .storage import Storage
 from .write import MaskVideoWriter, chunk_mask_path, encode_png, image_mask_path
 
 FAULT_ENV = "HUMANSEG_FAULT_CRASH_URI"   # test hook: a worker handling a uri containing this exits hard
@@ -63,8 +64,7 @@ def error_row(item: Item, ctx: UnitContext, shard: str, message: str, **extra) -
 
 
 def _resolve_auto(item: Item, ctx: UnitContext) -> Item:
-    with open_uri(item.uri, ctx.endpoint_url) as f:
-        head = f.read(16)
+    head = read_head(item.uri, ctx.endpoint_url)
     return Item(item.position, item.uri, item.id, sniff_media_type(head) if head else "image", item.error)
 
 
@@ -109,6 +109,8 @@ def _image_frames(unit: ImageUnit, ctx: UnitContext) -> Iterator[Frame]:
 
 
 def _video_frames(unit: VideoUnit, ctx: UnitContext) -> Iterator[Frame]:
+    if unit.index.problem and unit.plan.chunk == 0:   # once per video: chunk 0 always exists (it holds frame 0)
+        yield unit.item, None, DecodeError(unit.index.problem), None
     m = ctx.model
     fit = lambda h, w: content_size(h, w, m.input_height, m.input_width)  # noqa: E731
     try:

@@ -13,6 +13,7 @@ from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import make_path_posix
 
 ENDPOINT_ENV = "HUMANSEG_S3_ENDPOINT_URL"
 
@@ -34,6 +35,8 @@ def storage_options(uri: str, endpoint_url: str | None = None) -> dict[str, Any]
 
 def open_fs(uri: str, endpoint_url: str | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """Filesystem and path for a uri (plain paths are local)."""
+    if "://" not in uri:   # a plain path is a file name as is: fsspec would read '::' in it as a url chain
+        return fsspec.filesystem("file"), make_path_posix(uri)
     if uri.startswith("s3a://"):
         uri = "s3://" + uri[len("s3a://"):]
     return url_to_fs(uri, **storage_options(uri, endpoint_url))
