@@ -219,10 +219,11 @@ def retry(output, errors, **overrides):
 
 
 def _register_subcommands() -> None:
+    from .bench import bench
     from .preview import preview
     from .query import query
 
-    for command in (query, preview):
+    for command in (query, preview, bench):
         cli.add_command(command)
     try:
         from .train_cli import eval_, train

@@ -1,0 +1,195 @@
+"""`humanseg-batch bench`: model-only, decode-only and end-to-end rates measured in one run, and their ratios."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import cv2
+import numpy as np
+
+from humanseg_batch.model import Segmenter, load_checkpoint
+from humanseg_batch.model.segmenter import content_size, letterbox_into
+from humanseg_batch.pipeline.decode import decode_chunk, decode_image, probe_video
+from humanseg_batch.pipeline.plan import Sampling, plan_chunks
+
+from .config import RunConfig
+
+EXAMPLE_VIDEO = Path(__file__).resolve().parent.parent / "examples" / "media" / "vtest.avi"
+
+
+def rate(frames: int, seconds: list[float]) -> float:
+    return frames / statistics.median(seconds) if seconds else 0.0
+
+
+def timed(fn, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def make_images(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
+    """JPEG photos-like test images (noise + shapes), all of one size."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        img = cv2.GaussianBlur(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), (9, 9), 3)
+        cv2.ellipse(img, (size[0] // 2, size[1] // 2), (size[0] // 8, size[1] // 3), 0, 0, 360, (180, 140, 120), -1)
+        paths.append(folder / f"img{i:05d}.jpg")
+        cv2.imwrite(str(paths[-1]), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return paths
+
+
+def video_frames_letterboxed(video: str, H: int, W: int, limit: int) -> np.ndarray:
+    index = probe_video(video)
+    plan = plan_chunks(index, 1e9, Sampling())[0]
+    frames = []
+    for _, rgb, _ in decode_chunk(video, index, plan, fit=lambda h, w: content_size(h, w, H, W)):
+        buf = np.zeros((H, W, 3), np.uint8)
+        letterbox_into(buf, rgb)
+        frames.append(buf)
+        if len(frames) >= limit:
+            break
+    return np.stack(frames)
+
+
+def bench_model(weights, device, precision, batch_size, frames: np.ndarray, repeat: int) -> dict:
+    seg = Segmenter.from_checkpoint(weights, device=device, precision=precision, batch_size=batch_size)
+    seg.infer(frames[:batch_size])                      # warm-up (allocations, kernels)
+    seconds = timed(lambda: seg.infer(frames), repeat)
+    return {"fps": rate(len(frames), seconds), "threads": __import__("torch").get_num_threads()}
+
+
+def bench_decode_video(video: str, H: int, W: int, repeat: int) -> float:
+    index = probe_video(video)
+    plan = plan_chunks(index, 1e9, Sampling())[0]
+    buf = np.zeros((H, W, 3), np.uint8)
+
+    def once():
+        for _, rgb, _ in decode_chunk(video, index, plan, fit=lambda h, w: content_size(h, w, H, W)):
+            letterbox_into(buf, rgb)
+    return rate(len(plan.frames), timed(once, repeat))
+
+
+def bench_decode_images(paths: list[Path], H: int, W: int, repeat: int) -> float:
+    buf = np.zeros((H, W, 3), np.uint8)
+
+    def once():
+        for p in paths:
+            letterbox_into(buf, decode_image(p.read_bytes()))
+    return rate(len(paths), timed(once, repeat))
+
+
+def bench_pipeline(manifest: Path, weights, executor: str, precision: str, batch_size: int, extra: dict) -> dict:
+    """One real run into a temp OUT; steady state = frames after the first unit / time after it."""
+    from .cli import execute
+
+    out = Path(tempfile.mkdtemp(prefix="hsb-bench-"))
+    marks: list[tuple[int, float]] = []
+    try:
+        cfg = RunConfig(manifest=str(manifest), output=str(out), weights=weights, executor=executor,
+                        precision=precision, batch_size=batch_size, progress=False, **extra)
+        t0 = time.time()
+        execute(cfg, observers=[lambda frames, now: marks.append((frames, now))])
+        total = time.time() - t0
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    frames = sum(f for f, _ in marks)
+    steady = (frames - marks[0][0]) / (marks[-1][1] - marks[0][1]) if len(marks) > 1 else 0.0
+    return {"frames": frames, "seconds": total, "overall_fps": frames / total, "steady_fps": steady,
+            "first_result_s": marks[0][1] - t0 if marks else None}
+
+
+@click.command()
+@click.option("--weights", help="Checkpoint to measure [shipped weights].")
+@click.option("--video", default=str(EXAMPLE_VIDEO), show_default=True, help="Video for decode/model/pipeline.")
+@click.option("--video-copies", default=2, show_default=True, help="The video is listed this many times (longer steady state).")
+@click.option("--images", default=64, show_default=True, help="Generated JPEGs for the image measurements (0: none).")
+@click.option("--image-size", default="1024x768", show_default=True, help="WxH of the generated images.")
+@click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list: fp32,bf16,fp16.")
+@click.option("--batch-size", "batch_sizes", default="16", show_default=True, help="Comma list of batch sizes.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True)
+@click.option("--model-frames", default=256, show_default=True, help="Resident frames for the model-only rate.")
+@click.option("--repeat", default=5, show_default=True, help="Repeats for model/decode rates (median).")
+@click.option("--skip-pipeline", is_flag=True, help="Only model-only and decode-only rates.")
+@click.option("--cpus-per-actor", type=float, help="Forwarded to the pipeline runs.")
+@click.option("--decode-tasks", type=int, help="Forwarded to the pipeline runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+def bench(weights, video, video_copies, images, image_size, precisions, batch_sizes, device, executor, model_frames,
+          repeat, skip_pipeline, cpus_per_actor, decode_tasks, as_json):
+    """Measure model-only, decode-only and end-to-end frames/s in one run and print their ratios.
+
+    Ratios: pipeline / model-only, and pipeline / min(model, decode). Start-up costs (imports,
+    weights load, Ray start) are reported apart from the steady-state rates.
+    """
+    from .cli import CLI_STARTED
+
+    report: dict = {"startup": {}, "conditions": {}, "decode": {}, "runs": []}
+    if CLI_STARTED:
+        report["startup"]["imports_s"] = time.time() - CLI_STARTED
+    t = time.perf_counter()
+    _, info = load_checkpoint(weights)
+    report["startup"]["weights_load_s"] = time.perf_counter() - t
+    c = info["config"]
+    H, W = c.input_height, c.input_width
+    report["conditions"] = {"model": f"{c.name} w{c.base_width} d{c.depth} {c.input_width}x{c.input_height}",
+                            "weights": info["path"], "cpu_count": os.cpu_count(), "video": video,
+                            "executor": executor, "device": device}
+    work = Path(tempfile.mkdtemp(prefix="hsb-bench-media-"))
+    try:
+        w, h = (int(v) for v in image_size.lower().split("x"))
+        image_paths = make_images(work, images, (w, h)) if images else []
+        report["decode"]["video_fps"] = bench_decode_video(video, H, W, repeat)
+        if image_paths:
+            report["decode"]["image_fps"] = bench_decode_images(image_paths, H, W, repeat)
+        resident = video_frames_letterboxed(video, H, W, model_frames)
+        rows = [{"uri": video, "id": f"video-{k}"} for k in range(video_copies)]
+        rows += [{"uri": str(p), "id": p.name} for p in image_paths]
+        manifest = work / "manifest.jsonl"
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if executor == "ray" and not skip_pipeline:
+            from .ray_executor import connect
+            t = time.perf_counter()
+            connect(None, log=lambda m: None)
+            report["startup"]["ray_start_s"] = time.perf_counter() - t
+        extra = {k: v for k, v in {"cpus_per_actor": cpus_per_actor, "decode_tasks": decode_tasks,
+                                   "device": device}.items() if v is not None}
+        for precision in precisions.split(","):
+            for bs in (int(b) for b in batch_sizes.split(",")):
+                run = {"precision": precision, "batch_size": bs,
+                       "model_fps": bench_model(weights, device, precision, bs, resident, repeat)["fps"]}
+                if not skip_pipeline:
+                    run["pipeline"] = bench_pipeline(manifest, weights, executor, precision, bs, extra)
+                    fps = run["pipeline"]["steady_fps"]
+                    slowest = min([run["model_fps"], *report["decode"].values()])
+                    run["ratio_pipeline_model"] = fps / run["model_fps"]
+                    run["ratio_pipeline_bottleneck"] = fps / slowest
+                report["runs"].append(run)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+def format_report(r: dict) -> str:
+    lines = [f"model {r['conditions']['model']}  ({r['conditions']['cpu_count']} CPUs, "
+             f"executor {r['conditions']['executor']}, device {r['conditions']['device']})",
+             "start-up: " + ", ".join(f"{k} {v:.2f}" for k, v in r["startup"].items()),
+             "decode-only (decode + letterbox, one thread): "
+             + ", ".join(f"{k} {v:.0f}" for k, v in r["decode"].items())]
+    lines.append(f"{'precision':>9} {'batch':>5} {'model fps':>10} {'pipe fps':>9} {'overall':>8} "
+                 f"{'pipe/model':>10} {'pipe/min':>9} {'first s':>8}")
+    for run in r["runs"]:
+        p = run.get("pipeline")
+        tail = (f"{p['steady_fps']:>9.1f} {p['overall_fps']:>8.1f} {run['ratio_pipeline_model']:>10.2f} "
+                f"{run['ratio_pipeline_bottleneck']:>9.2f} {p['first_result_s'] or 0:>8.1f}") if p else ""
+        lines.append(f"{run['precision']:>9} {run['batch_size']:>5} {run['model_fps']:>10.1f} {tail}")
+    return "\n".join(lines)
