@@ -11,6 +11,7 @@ import pyarrow as pa
 from humanseg_batch.model import load_checkpoint
 from humanseg_batch.pipeline.checkpoint import (check_or_write_run_record, commit_shard, load_state,
                                                 record_failure, remove_uncommitted)
+from humanseg_batch.pipeline.faults import pause_point
 from humanseg_batch.pipeline.manifest import Manifest, read_manifest
 from humanseg_batch.pipeline.plan import Sampling, Shard, plan_shards
 from humanseg_batch.pipeline.process import ModelInfo, UnitContext
@@ -112,6 +113,7 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
         log(f"removed {len(leftovers)} uncommitted shard file(s) left by an interrupted run")
     done_ids = state.done_ids
     shards = plan_shards(manifest, cfg.shard_size, done_ids)
+    pause_point("planned")
     manifest_ids = set(manifest.items.column("id").to_pylist())
     summary = RunSummary(shards_total=len(shards) + len(state.done), shards_skipped=len(state.done),
                          items=sum(len(s.items) for s in shards), duplicates=manifest.duplicates,

@@ -11,6 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
+from .faults import pause_point
 from .storage import Storage
 from .write import (METADATA_DIR, RUN_RECORD, SHARDS_DIR, parquet_bytes, rows_table, shard_marker_path,
                     shard_parquet_path)
@@ -81,6 +82,7 @@ def commit_shard(storage: Storage, shard: str, ids: list[str], rows: list[dict],
     """Write the shard's Parquet, then its marker (last). Masks must already be written."""
     table = rows_table(rows, extras)
     storage.write_bytes(shard_parquet_path(shard), parquet_bytes(table))
+    pause_point("commit")
     marker = dict(stats, shard=shard, rows=table.num_rows, ids=ids, committed_at=time.time())
     storage.write_bytes(shard_marker_path(shard), json.dumps(marker).encode())
     storage.remove(shard_marker_path(shard, "failed"))

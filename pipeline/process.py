@@ -16,6 +16,7 @@ from humanseg_batch.model.segmenter import content_size, finish_mask, letterbox_
 
 from .decode import (DEFAULT_MAX_PIXELS, DecodeError, decode_chunk, decode_image, probe_video, read_head,
                      read_media, sniff_media_type)
+from .faults import pause_point
 from .plan import ImageUnit, Item, Sampling, Shard, VideoUnit, image_units, plan_chunks
 from .storage import Storage
 from .write import MaskVideoWriter, chunk_mask_path, encode_png, image_mask_path
@@ -150,6 +151,7 @@ def run_unit(unit: ImageUnit | VideoUnit, ctx: UnitContext, inference: Inference
     crash = os.environ.get(FAULT_ENV)
     if crash and any(crash in i.uri for i in items):
         os._exit(13)
+    pause_point("unit")
     m = ctx.model
     frames = _image_frames(unit, ctx) if isinstance(unit, ImageUnit) else _video_frames(unit, ctx)
     chunk = unit.plan.chunk if isinstance(unit, VideoUnit) else None
