@@ -61,11 +61,21 @@ def video_frames_letterboxed(video: str, H: int, W: int, limit: int) -> np.ndarr
     return np.stack(frames)
 
 
-def bench_model(weights, device, precision, batch_size, frames: np.ndarray, repeat: int) -> dict:
-    seg = Segmenter.from_checkpoint(weights, device=device, precision=precision, batch_size=batch_size)
-    seg.infer(frames[:batch_size])                      # warm-up (allocations, kernels)
+def bench_model(weights, device, precision, batch_size, frames: np.ndarray, repeat: int, compile_: bool) -> dict:
+    import torch
+
+    seg = Segmenter.from_checkpoint(weights, device=device, precision=precision, batch_size=batch_size,
+                                    compile=compile_)
+    cuda = seg.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    seg.infer(frames[:batch_size])                      # warm-up (allocations, kernels, compilation)
     seconds = timed(lambda: seg.infer(frames), repeat)
-    return {"fps": rate(len(frames), seconds), "threads": __import__("torch").get_num_threads()}
+    out = {"fps": rate(len(frames), seconds), "threads": torch.get_num_threads(), "device": str(seg.device)}
+    if cuda:
+        out["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        out["gpu_name"] = torch.cuda.get_device_name()
+    return out
 
 
 def bench_decode_video(video: str, H: int, W: int, repeat: int) -> float:
@@ -123,19 +133,19 @@ def bench_pipeline(manifest: Path, weights, executor: str, precision: str, batch
 @click.option("--skip-pipeline", is_flag=True, help="Only model-only and decode-only rates.")
 @click.option("--cpus-per-actor", type=float, help="Forwarded to the pipeline runs.")
 @click.option("--decode-tasks", type=int, help="Forwarded to the pipeline runs.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (model-only and pipeline).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def bench(weights, video, video_copies, images, image_size, precisions, batch_sizes, device, executor, model_frames,
-          repeat, skip_pipeline, cpus_per_actor, decode_tasks, as_json):
+          repeat, skip_pipeline, cpus_per_actor, decode_tasks, compile_, as_json):
     """Measure model-only, decode-only and end-to-end frames/s in one run and print their ratios.
 
     Ratios: pipeline / model-only, and pipeline / min(model, decode). Start-up costs (imports,
     weights load, Ray start) are reported apart from the steady-state rates.
     """
-    from .cli import CLI_STARTED
+    from .cli import process_start_time
 
-    report: dict = {"startup": {}, "conditions": {}, "decode": {}, "runs": []}
-    if CLI_STARTED:
-        report["startup"]["imports_s"] = time.time() - CLI_STARTED
+    report: dict = {"startup": {"imports_s": time.time() - process_start_time()}, "conditions": {}, "decode": {},
+                    "runs": []}
     t = time.perf_counter()
     _, info = load_checkpoint(weights)
     report["startup"]["weights_load_s"] = time.perf_counter() - t
@@ -162,11 +172,11 @@ def bench(weights, video, video_copies, images, image_size, precisions, batch_si
             connect(None, log=lambda m: None)
             report["startup"]["ray_start_s"] = time.perf_counter() - t
         extra = {k: v for k, v in {"cpus_per_actor": cpus_per_actor, "decode_tasks": decode_tasks,
-                                   "device": device}.items() if v is not None}
+                                   "device": device, "compile": compile_}.items() if v is not None}
         for precision in precisions.split(","):
             for bs in (int(b) for b in batch_sizes.split(",")):
-                run = {"precision": precision, "batch_size": bs,
-                       "model_fps": bench_model(weights, device, precision, bs, resident, repeat)["fps"]}
+                model = bench_model(weights, device, precision, bs, resident, repeat, compile_)
+                run = {"precision": precision, "batch_size": bs, "model_fps": model.pop("fps"), "model": model}
                 if not skip_pipeline:
                     run["pipeline"] = bench_pipeline(manifest, weights, executor, precision, bs, extra)
                     fps = run["pipeline"]["steady_fps"]

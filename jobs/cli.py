@@ -219,18 +219,17 @@ def retry(output, errors, **overrides):
 
 
 def _register_subcommands() -> None:
-    from .bench import bench
-    from .preview import preview
-    from .query import query
+    import importlib
 
-    for command in (query, preview, bench):
-        cli.add_command(command)
-    try:
-        from .train_cli import eval_, train
-    except ImportError:  # training module not installed in this build
-        return
-    cli.add_command(train)
-    cli.add_command(eval_)
+    for module, names in ((".query", ["query"]), (".preview", ["preview"]), (".bench", ["bench"]),
+                          (".train_cli", ["train", "eval_"])):
+        try:
+            mod = importlib.import_module(module, __package__)
+        except ImportError as exc:  # a stripped-down environment (e.g. a GPU check without duckdb)
+            click.echo(f"note: commands from {module[1:]} unavailable: {exc}", err=True)
+            continue
+        for name in names:
+            cli.add_command(getattr(mod, name))
 
 
 _register_subcommands()
