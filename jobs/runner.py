@@ -145,12 +145,13 @@ class ShardCommitter:
     def commit(self, shard: Shard, rows: list[dict], stats: dict) -> None:
         s = self.prep.summary
         ok = sum(r["status"] == "ok" for r in rows)
-        stats = dict(stats, rows_ok=ok, rows_error=len(rows) - ok)
+        video_frames = sum(r["frame_index"] is not None for r in rows)
+        stats = dict(stats, rows_ok=ok, rows_error=len(rows) - ok, video_frames=video_frames)
         commit_shard(self.prep.storage, shard.name, [i.id for i in shard.items], rows, self._extras(shard), stats)
         s.shards_committed += 1
         s.rows_ok += ok
         s.rows_error += len(rows) - ok
-        s.frames += sum(r["frame_index"] is not None for r in rows)
+        s.frames += video_frames
 
     def fail(self, shard: Shard, reason: str) -> None:
         record_failure(self.prep.storage, shard.name, reason, [i.id for i in shard.items])

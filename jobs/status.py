@@ -46,7 +46,8 @@ def summarise(output: str, endpoint_url: str | None = None) -> dict:
         "shards": {"committed": len(state.done), "failed": len(state.failed), "pending": pending},
         "rows": {"ok": sum(m.get("rows_ok", 0) for m in markers), "error": sum(m.get("rows_error", 0) for m in markers)},
         "items_committed": sum(len(m.get("ids", ())) for m in markers),
-        "frames": sum(m.get("frames", 0) for m in markers),
+        # video frame rows; markers written before `video_frames` existed only have `frames` (images too)
+        "frames": sum(m.get("video_frames", m.get("frames", 0)) for m in markers),
         "failed_shards": {s: f.get("reason", "").split("\n", 1)[0] for s, f in sorted(state.failed.items())},
         "common_errors": [{"error": e, "rows": n} for e, n in common_errors(storage, error_shards)],
         "manifest_problem": manifest_problem,
