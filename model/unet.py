@@ -25,11 +25,16 @@ class UNetConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     threshold: float = 0.5
     upsample: str = "transpose"   # "transpose" (paper: up-convolution) or "bilinear"
+    # 2: a strided 2x2 conv embeds the input at half resolution before the U-Net, and the logits
+    # are upsampled x2 at the end: ~4x cheaper, for CPU throughput. 1: the classic full-resolution U-Net.
+    stem_stride: int = 1
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.base_width < 1 or self.in_channels < 1:
             raise ValueError("depth, base_width and in_channels must be >= 1")
-        step = 2 ** self.depth
+        if self.stem_stride not in (1, 2):
+            raise ValueError("stem_stride must be 1 or 2")
+        step = 2 ** self.depth * self.stem_stride
         if self.input_height % step or self.input_width % step:
             raise ValueError(f"input size {self.input_height}x{self.input_width} must be divisible by 2**depth={step}")
         if self.upsample not in ("transpose", "bilinear"):
@@ -94,24 +99,36 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         widths = [config.base_width * 2 ** i for i in range(config.depth + 1)]
-        self.stem = DoubleConv(config.in_channels, widths[0])
+        if config.stem_stride == 1:
+            self.embed = nn.Identity()
+            self.stem = DoubleConv(config.in_channels, widths[0])
+        else:
+            s = config.stem_stride
+            self.embed = nn.Sequential(nn.Conv2d(config.in_channels, widths[0], s, stride=s, bias=False),
+                                       nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+            self.stem = DoubleConv(widths[0], widths[0])
         self.downs = nn.ModuleList(Down(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.ups = nn.ModuleList(Up(b, a, config.upsample) for a, b in reversed(list(zip(widths[:-1], widths[1:]))))
         self.head = nn.Conv2d(widths[0], 1, 1)
 
     def encoder_parameters(self):
         """Parameters of the contracting path (for optional pretrained initialisation)."""
+        yield from self.embed.parameters()
         yield from self.stem.parameters()
         yield from self.downs.parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = [self.stem(x)]
+        size = x.shape[-2:]
+        skips = [self.stem(self.embed(x))]
         for down in self.downs:
             skips.append(down(skips[-1]))
         x = skips.pop()
         for up in self.ups:
             x = up(x, skips.pop())
-        return self.head(x)
+        x = self.head(x)
+        if x.shape[-2:] != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x
 
 
 def build_unet(config: UNetConfig | None = None, **overrides) -> UNet:

@@ -19,6 +19,15 @@ def test_unet_output_is_one_logit_per_pixel(depth, width, h, w):
     assert [d[1][0].out_channels for d in model.downs] == [width * 2 ** i for i in range(1, depth + 1)]
 
 
+def test_strided_stem_runs_the_unet_at_half_resolution_and_returns_full_size_logits():
+    model = build_unet(base_width=4, depth=3, input_height=64, input_width=96, stem_stride=2).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 96)).shape == (2, 1, 64, 96)
+        assert model.stem(model.embed(torch.randn(1, 3, 64, 96))).shape == (1, 4, 32, 48)
+    with pytest.raises(ValueError, match="divisible"):
+        UNetConfig(depth=4, input_height=48, input_width=64, stem_stride=2)
+
+
 def test_unet_takes_other_input_channels_and_odd_sizes():
     model = build_unet(in_channels=1, base_width=4, depth=2, input_height=32, input_width=32, upsample="bilinear")
     with torch.no_grad():
