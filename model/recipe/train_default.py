@@ -34,6 +34,8 @@ def main() -> None:
     ap.add_argument("--base-width", type=int, default=MODEL.base_width)
     ap.add_argument("--depth", type=int, default=MODEL.depth)
     ap.add_argument("--input-size", default=f"{MODEL.input_height}x{MODEL.input_width}")
+    ap.add_argument("--stem-stride", type=int, default=MODEL.stem_stride,
+                    help="2: strided embedding, the U-Net runs at half resolution (~4x cheaper)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=1)
@@ -49,7 +51,7 @@ def main() -> None:
         return
     h, w = (int(v) for v in args.input_size.split("x"))
     model = UNetConfig(base_width=args.base_width, depth=args.depth, input_height=h, input_width=w,
-                       upsample=MODEL.upsample)
+                       upsample=MODEL.upsample, stem_stride=args.stem_stride)
     cfg = TrainConfig(data=args.pack, out_dir=args.out, model=model, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, val_fraction=0.15, seed=args.seed, augment=AugmentConfig(),
                       composites_per_epoch=args.composites, device=args.device, precision=args.precision,
