@@ -108,6 +108,28 @@ def augment(image: np.ndarray, mask: np.ndarray, H: int, W: int, rng: np.random.
     return _photometric(img, rng, cfg), msk
 
 
+def cut_edges(alpha: np.ndarray) -> tuple[bool, bool, bool, bool]:
+    """Which sides (top, bottom, left, right) of a cut-out the person is cut by: alpha reaches the edge."""
+    return (alpha[0].max() > 127, alpha[-1].max() > 127, alpha[:, 0].max() > 127, alpha[:, -1].max() > 127)
+
+
+def _placement(edges, ph: int, pw: int, H: int, W: int, rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left corner for a pasted person: a cut side goes to the same side of the canvas (a close-up
+    stays cropped where the photo cropped it); a whole figure stands anywhere, large ones near the bottom."""
+    top, bottom, left, right = edges
+    if left or right:
+        x0 = 0 if left and not right else W - pw if right and not left else (W - pw) // 2
+    else:
+        x0 = int(rng.integers(-pw // 3, max(1, W - 2 * pw // 3)))
+    if bottom:
+        y0 = H - ph
+    elif top:
+        y0 = 0
+    else:
+        y0 = int(H - ph * rng.uniform(0.85, 1.0)) if ph > 0.6 * H else int(rng.integers(0, max(1, H - ph // 2)))
+    return x0, y0
+
+
 def composite(background: np.ndarray, cutouts: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator,
               cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
     """Paste 1..n random cut-out people onto a background; later ones occlude earlier ones."""
@@ -116,9 +138,10 @@ def composite(background: np.ndarray, cutouts: list[tuple[np.ndarray, np.ndarray
     mask = np.zeros((H, W), np.float32)
     for _ in range(rng.integers(cfg.composite_people[0], cfg.composite_people[1] + 1)):
         rgb, alpha = cutouts[rng.integers(len(cutouts))]
-        # person height from a small far figure to a close-up cropped at the bottom
-        target_h = H * math.exp(rng.uniform(math.log(0.12), math.log(1.3)))
-        s = target_h / rgb.shape[0]
+        edges = cut_edges(alpha)
+        # whole figures from far away to near; cropped close-ups fill 45-110% of the height
+        lo, hi = (0.45, 1.1) if any(edges) else (0.12, 1.3)
+        s = H * math.exp(rng.uniform(math.log(lo), math.log(hi))) / rgb.shape[0]
         ph, pw = max(2, round(rgb.shape[0] * s)), max(2, round(rgb.shape[1] * s))
         if pw > 2 * W:
             continue
@@ -127,9 +150,9 @@ def composite(background: np.ndarray, cutouts: list[tuple[np.ndarray, np.ndarray
         a = cv2.resize(alpha, (pw, ph), interpolation=interp).astype(np.float32) / 255.0
         if rng.random() < 0.5:
             p, a = p[:, ::-1], a[:, ::-1]
+            edges = (edges[0], edges[1], edges[3], edges[2])
         p = p * (1 + rng.uniform(-0.2, 0.2)) + rng.uniform(-15, 15)   # rough colour harmonisation
-        x0 = int(rng.integers(-pw // 3, max(1, W - 2 * pw // 3)))
-        y0 = int(H - ph * rng.uniform(0.85, 1.0)) if ph > 0.6 * H else int(rng.integers(0, max(1, H - ph // 2)))
+        x0, y0 = _placement(edges, ph, pw, H, W, rng)
         ys, xs = slice(max(0, y0), min(H, y0 + ph)), slice(max(0, x0), min(W, x0 + pw))
         if ys.start >= ys.stop or xs.start >= xs.stop:
             continue

@@ -109,3 +109,21 @@ def test_evaluate_writes_csv_and_json(tmp_path):
     _, direct = evaluate_masks(samples.names, [r.mask for r in seg.segment(samples.images)], samples.masks)
     assert overall["pooled_iou"] == pytest.approx(direct["pooled_iou"]) and overall["tp"] == direct["tp"]
     assert int(rows[0]["truth_pixels"]) == 20 * 20
+
+
+def test_eval_command(tmp_path):
+    from click.testing import CliRunner
+
+    from humanseg_batch.jobs.train_cli import eval_
+
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    (tmp_path / "d" / "masks").mkdir()
+    cv2.imwrite(str(tmp_path / "d" / "images" / "a.png"), np.full((20, 30, 3), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / "d" / "masks" / "a.png"), np.zeros((20, 30), np.uint8))
+    save_checkpoint(tmp_path / "w.safetensors", build_unet(base_width=4, depth=2, input_height=16, input_width=24))
+    result = CliRunner().invoke(eval_, [str(tmp_path / "d"), "--weights", str(tmp_path / "w.safetensors"),
+                                        "--csv", str(tmp_path / "r.csv"), "--json", str(tmp_path / "o.json"),
+                                        "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "o.json").read_text())["person_free_images"] == 1
+    assert (tmp_path / "r.csv").read_text().startswith("name,width,height")

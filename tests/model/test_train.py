@@ -156,3 +156,34 @@ def test_schedules_start_low_peak_and_end_low():
     for name in ("onecycle", "cosine"):
         f = [lr_factor(name, s, 100) for s in range(101)]
         assert f[0] < 0.1 and max(f) == pytest.approx(1.0, abs=0.02) and f[-1] < 1e-3
+
+
+def test_train_command_on_a_labelled_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from humanseg_batch.jobs.train_cli import train as train_cmd
+
+    s = synthetic_set(12, size=32)
+    for d in ("images", "masks"):
+        (tmp_path / "d" / d).mkdir(parents=True)
+    for img, m, name in zip(s.images, s.masks, s.names):
+        cv2.imwrite(str(tmp_path / "d" / "images" / name), img)
+        cv2.imwrite(str(tmp_path / "d" / "masks" / name), m * 255)
+    args = [str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "4",
+            "--base-width", "4", "--depth", "2", "--input-size", "32x32", "--device", "cpu", "--precision", "fp32"]
+    result = CliRunner().invoke(train_cmd, args)
+    assert result.exit_code == 0, result.output
+    assert "epoch=2" in result.output and (tmp_path / "run" / "best.safetensors").exists()
+    bad = CliRunner().invoke(train_cmd, args[:3] + ["--input-size", "30x30"])
+    assert bad.exit_code != 0 and "divisible" in bad.output
+
+
+def test_cut_close_ups_stay_at_their_cut_side():
+    rgb = np.full((40, 20, 3), 200, np.uint8)
+    alpha = np.zeros((40, 20), np.uint8)
+    alpha[4:, 4:16] = 255                   # a body cut by the photo's bottom edge
+    bg = np.zeros((60, 80, 3), np.uint8)
+    for seed in range(5):
+        cfg = AugmentConfig(composite_people=(1, 1))
+        _, m = composite(bg, [(rgb, alpha)], np.random.default_rng(seed), cfg)
+        assert m[-1].any() and not m[0].any()
