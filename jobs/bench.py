@@ -184,6 +184,7 @@ def bench(weights, video, video_copies, images, image_size, precisions, batch_si
                     run["ratio_pipeline_model"] = fps / run["model_fps"]
                     run["ratio_pipeline_bottleneck"] = fps / slowest
                 report["runs"].append(run)
+                click.echo(f"bench: {json.dumps(run)}", err=True)   # partial results survive an interrupted run
     finally:
         shutil.rmtree(work, ignore_errors=True)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))

@@ -16,13 +16,18 @@ $PY -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUTDIR/gpu.txt"
 EXECUTOR=${EXECUTOR:-$($PY -c 'import ray' 2>/dev/null && echo ray || echo local)}
 W=${WEIGHTS:+--weights $WEIGHTS}
-$PY -m humanseg_batch.jobs.cli bench $W --device cuda --executor "$EXECUTOR" --precision fp32,fp16,bf16 \
-    --batch-size 16,64,256 --video-copies 4 --images 64 --model-frames 1024 --json > "$OUTDIR/bench_cuda.json"
-$PY -m humanseg_batch.jobs.cli bench $W --device cuda --executor "$EXECUTOR" --precision bf16 --batch-size 256 \
-    --compile --video-copies 4 --images 0 --model-frames 1024 --json > "$OUTDIR/bench_cuda_compile.json" || true
+B="$PY -m humanseg_batch.jobs.cli bench $W --device cuda --executor $EXECUTOR"
+# model-only sweep: every precision and batch size
+$B --skip-pipeline --precision fp32,fp16,bf16 --batch-size 16,64,256 --model-frames 2048 --images 0 \
+   --json > "$OUTDIR/bench_model.json"
+# end to end through the executor, one setting
+$B --precision bf16 --batch-size 256 --video-copies 2 --images 32 --json > "$OUTDIR/bench_pipeline.json"
+# torch.compile, model-only
+$B --skip-pipeline --compile --precision bf16 --batch-size 256 --model-frames 2048 --images 0 --json \
+   > "$OUTDIR/bench_compile.json" || true
 $PY - "$OUTDIR" <<'PY'
 import json, sys
-for name in ("bench_cuda.json", "bench_cuda_compile.json"):
+for name in ("bench_model.json", "bench_pipeline.json", "bench_compile.json"):
     try:
         r = json.load(open(f"{sys.argv[1]}/{name}"))
     except (OSError, ValueError):
