@@ -30,7 +30,12 @@ LOCAL_IP = "127.0.0.1"
 
 
 def connect(address: str | None, log=print) -> None:
-    """Join a cluster (address or RAY_ADDRESS), else start an embedded local Ray on loopback."""
+    """Join a cluster (address or RAY_ADDRESS), else start an embedded local Ray on loopback.
+
+    The embedded Ray has as many CPUs as the machine has cores: the model actors reserve theirs
+    and decode tasks use the rest. (Oversubscribing, e.g. 2 decode tasks + the model on 2 cores,
+    measured slower: the threads fight for the cores.)
+    """
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -155,11 +160,15 @@ def execute_ray(prep: Prepared, log=print) -> None:
     cfg = prep.config
     connect(cfg.address, log)
     actors = start_actors(prep)
-    info = ray.get([a.describe.remote() for a in actors])
-    log(f"model actors: {len(actors)} on {info[0]['device']} ({info[0]['precision']})")
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    in_flight_cap = cfg.decode_tasks or max(1, cpus - (0 if ray.cluster_resources().get("GPU") else 1)) * 2
-    Scheduler(prep, actors, in_flight_cap).run()
+    resources = ray.cluster_resources()
+    actor_cpus = len(actors) * cfg.cpus_per_actor
+    decode_slots = max(1, int(resources.get("CPU", 1) - actor_cpus))
+    # one task queued behind each running one keeps every decode slot busy; more only costs memory
+    in_flight_cap = cfg.decode_tasks or 2 * decode_slots
+    scheduler = Scheduler(prep, actors, in_flight_cap)
+    scheduler.info_refs = [a.describe.remote() for a in actors]   # logged when the actors are up
+    scheduler.log = log
+    scheduler.run()
 
 
 class Scheduler:
@@ -175,6 +184,8 @@ class Scheduler:
         self.running: dict = {}                                   # ref -> (kind, progress, unit)
         self.retries = prep.config.task_retries
         self.frames = 0
+        self.info_refs: list = []
+        self.log = print
 
     def _submit_next(self) -> None:
         while len(self.running) < self.cap and (self.todo or self.shards):
@@ -195,6 +206,7 @@ class Scheduler:
             self._submit_next()
             while self.running:
                 ready, _ = ray.wait(list(self.running), num_returns=1, timeout=5.0)
+                self._log_actor_info()
                 for ref in ready:
                     kind, prog, unit = self.running.pop(ref)
                     try:
@@ -204,6 +216,12 @@ class Scheduler:
                         continue
                     self._landed(kind, prog, unit, result, bar)
                 self._submit_next()
+
+    def _log_actor_info(self) -> None:
+        if self.info_refs and not ray.wait(self.info_refs, num_returns=len(self.info_refs), timeout=0)[1]:
+            info = ray.get(self.info_refs)
+            self.info_refs = []
+            self.log(f"model actors: {len(info)} on {info[0]['device']} ({info[0]['precision']})")
 
     def _landed(self, kind, prog: ShardProgress, unit, result, bar) -> None:
         if prog.failed:

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
+import cv2
 import numpy as np
 
 from humanseg_batch.model.segmenter import content_size, finish_mask, letterbox_into
@@ -152,6 +153,9 @@ def run_unit(unit: ImageUnit | VideoUnit, ctx: UnitContext, inference: Inference
     if crash and any(crash in i.uri for i in items):
         os._exit(13)
     pause_point("unit")
+    # one thread per unit: parallelism comes from running units side by side, and OpenCV's own
+    # pool would fight the model's threads for the same cores
+    cv2.setNumThreads(1)
     m = ctx.model
     frames = _image_frames(unit, ctx) if isinstance(unit, ImageUnit) else _video_frames(unit, ctx)
     chunk = unit.plan.chunk if isinstance(unit, VideoUnit) else None

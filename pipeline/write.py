@@ -80,7 +80,7 @@ class MaskVideoWriter:
         self._container = av.open(self._buf, "w", format="matroska", options={"fflags": "+bitexact"})
         # level 1, no slice CRCs, one context: the fastest lossless FFV1 settings measured for binary masks
         self._stream = self._container.add_stream("ffv1", rate=rate, options={
-            "flags": "+bitexact", "level": "1", "slicecrc": "0", "context": "0"})
+            "flags": "+bitexact", "level": "1", "slicecrc": "0", "context": "0", "threads": "1"})
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "gray"
         self.count = 0
 
