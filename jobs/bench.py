@@ -61,9 +61,11 @@ def video_frames_letterboxed(video: str, H: int, W: int, limit: int) -> np.ndarr
     return np.stack(frames)
 
 
-def bench_model(weights, device, precision, batch_size, frames: np.ndarray, repeat: int, compile_: bool) -> dict:
+def bench_model(weights, device, precision, batch_size, frames: np.ndarray, repeat: int, compile_: bool,
+                threads: int) -> dict:
     import torch
 
+    torch.set_num_threads(threads)
     seg = Segmenter.from_checkpoint(weights, device=device, precision=precision, batch_size=batch_size,
                                     compile=compile_)
     cuda = seg.device.type == "cuda"
@@ -87,6 +89,24 @@ def bench_decode_video(video: str, H: int, W: int, repeat: int) -> float:
         for _, rgb, _ in decode_chunk(video, index, plan, fit=lambda h, w: content_size(h, w, H, W)):
             letterbox_into(buf, rgb)
     return rate(len(plan.frames), timed(once, repeat))
+
+
+def bench_write_video(frames: np.ndarray, size: tuple[int, int], threshold: float, repeat: int) -> float:
+    """Mask finishing + lossless FFV1 encoding for video frames (the CPU work after the model)."""
+    from humanseg_batch.model.segmenter import finish_mask
+    from humanseg_batch.pipeline.write import MaskVideoWriter
+
+    h, w = size
+    H, W = frames.shape[1:3]
+    ch, cw = content_size(h, w, H, W)
+    probs = frames[:, :, :, 1]           # any uint8 map of the right shape stands in for probabilities
+
+    def once():
+        writer = MaskVideoWriter(w, h)
+        for p in probs:
+            writer.add(finish_mask(p, (ch, cw), (h, w), threshold).mask)
+        writer.finish()
+    return rate(len(probs), timed(once, repeat))
 
 
 def bench_decode_images(paths: list[Path], H: int, W: int, repeat: int) -> float:
@@ -122,7 +142,10 @@ def bench_pipeline(manifest: Path, weights, executor: str, precision: str, batch
 @click.option("--weights", help="Checkpoint to measure [shipped weights].")
 @click.option("--video", default=str(EXAMPLE_VIDEO), show_default=True, help="Video for decode/model/pipeline.")
 @click.option("--video-copies", default=2, show_default=True, help="The video is listed this many times (longer steady state).")
-@click.option("--images", default=64, show_default=True, help="Generated JPEGs for the image measurements (0: none).")
+@click.option("--images", default=64, show_default=True, help="Generated JPEGs for the image decode rate (0: none).")
+@click.option("--pipeline-images/--no-pipeline-images", default=False, show_default=True,
+              help="Also put the generated images into the end-to-end manifest (default: the video only, so the "
+                   "ratios compare like with like).")
 @click.option("--image-size", default="1024x768", show_default=True, help="WxH of the generated images.")
 @click.option("--precision", "precisions", default="fp32", show_default=True, help="Comma list: fp32,bf16,fp16.")
 @click.option("--batch-size", "batch_sizes", default="16", show_default=True, help="Comma list of batch sizes.")
@@ -133,10 +156,12 @@ def bench_pipeline(manifest: Path, weights, executor: str, precision: str, batch
 @click.option("--skip-pipeline", is_flag=True, help="Only model-only and decode-only rates.")
 @click.option("--cpus-per-actor", type=float, help="Forwarded to the pipeline runs.")
 @click.option("--decode-tasks", type=int, help="Forwarded to the pipeline runs.")
+@click.option("--threads", type=int, help="Model threads for model-only [--cpus-per-actor, i.e. what a CPU "
+              "model actor gets; 1 by default]; GPU runs ignore it.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (model-only and pipeline).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def bench(weights, video, video_copies, images, image_size, precisions, batch_sizes, device, executor, model_frames,
-          repeat, skip_pipeline, cpus_per_actor, decode_tasks, compile_, as_json):
+          repeat, skip_pipeline, cpus_per_actor, decode_tasks, threads, compile_, as_json, pipeline_images):
     """Measure model-only, decode-only and end-to-end frames/s in one run and print their ratios.
 
     Ratios: pipeline / model-only, and pipeline / min(model, decode). Start-up costs (imports,
@@ -144,6 +169,7 @@ def bench(weights, video, video_copies, images, image_size, precisions, batch_si
     """
     from .cli import process_start_time
 
+    threads = threads or max(1, int(cpus_per_actor or 1))
     report: dict = {"startup": {"imports_s": time.time() - process_start_time()}, "conditions": {}, "decode": {},
                     "runs": []}
     t = time.perf_counter()
@@ -153,7 +179,7 @@ def bench(weights, video, video_copies, images, image_size, precisions, batch_si
     H, W = c.input_height, c.input_width
     report["conditions"] = {"model": f"{c.name} w{c.base_width} d{c.depth} {c.input_width}x{c.input_height}",
                             "weights": info["path"], "cpu_count": os.cpu_count(), "video": video,
-                            "executor": executor, "device": device}
+                            "executor": executor, "device": device, "model_threads": threads}
     work = Path(tempfile.mkdtemp(prefix="hsb-bench-media-"))
     try:
         w, h = (int(v) for v in image_size.lower().split("x"))
@@ -162,8 +188,14 @@ def bench(weights, video, video_copies, images, image_size, precisions, batch_si
         if image_paths:
             report["decode"]["image_fps"] = bench_decode_images(image_paths, H, W, repeat)
         resident = video_frames_letterboxed(video, H, W, model_frames)
+        vindex = probe_video(video)
+        report["decode"]["video_write_fps"] = bench_write_video(resident[:200], (vindex.height, vindex.width),
+                                                                c.threshold, repeat)
+        d = report["decode"]
+        d["video_cpu_side_fps"] = 1 / (1 / d["video_fps"] + 1 / d["video_write_fps"])
         rows = [{"uri": video, "id": f"video-{k}"} for k in range(video_copies)]
-        rows += [{"uri": str(p), "id": p.name} for p in image_paths]
+        if pipeline_images:
+            rows += [{"uri": str(p), "id": p.name} for p in image_paths]
         manifest = work / "manifest.jsonl"
         manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
         if executor == "ray" and not skip_pipeline:
@@ -175,12 +207,14 @@ def bench(weights, video, video_copies, images, image_size, precisions, batch_si
                                    "device": device, "compile": compile_}.items() if v is not None}
         for precision in precisions.split(","):
             for bs in (int(b) for b in batch_sizes.split(",")):
-                model = bench_model(weights, device, precision, bs, resident, repeat, compile_)
+                model = bench_model(weights, device, precision, bs, resident, repeat, compile_, threads)
                 run = {"precision": precision, "batch_size": bs, "model_fps": model.pop("fps"), "model": model}
                 if not skip_pipeline:
                     run["pipeline"] = bench_pipeline(manifest, weights, executor, precision, bs, extra)
                     fps = run["pipeline"]["steady_fps"]
-                    slowest = min([run["model_fps"], *report["decode"].values()])
+                    d = report["decode"]
+                    cpu_side = [d["video_cpu_side_fps"]] + ([d["image_fps"]] if pipeline_images and "image_fps" in d else [])
+                    slowest = min([run["model_fps"], *cpu_side])
                     run["ratio_pipeline_model"] = fps / run["model_fps"]
                     run["ratio_pipeline_bottleneck"] = fps / slowest
                 report["runs"].append(run)
@@ -194,7 +228,7 @@ def format_report(r: dict) -> str:
     lines = [f"model {r['conditions']['model']}  ({r['conditions']['cpu_count']} CPUs, "
              f"executor {r['conditions']['executor']}, device {r['conditions']['device']})",
              "start-up: " + ", ".join(f"{k} {v:.2f}" for k, v in r["startup"].items()),
-             "decode-only (decode + letterbox, one thread): "
+             "decode-only (one thread; video_cpu_side = decode + mask finishing + FFV1 write): "
              + ", ".join(f"{k} {v:.0f}" for k, v in r["decode"].items())]
     lines.append(f"{'precision':>9} {'batch':>5} {'model fps':>10} {'pipe fps':>9} {'overall':>8} "
                  f"{'pipe/model':>10} {'pipe/min':>9} {'first s':>8}")
