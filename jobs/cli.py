@@ -38,6 +38,8 @@ def run_options(f):
         click.option("--sample-every", type=int, help="Process every Nth video frame [1]."),
         click.option("--sample-fps", type=float, help="Process about this many video frames per second."),
         click.option("--max-image-pixels", type=int, help="Refuse larger images (decompression bombs) [100M]."),
+        click.option("--rle/--no-rle", default=None, help="Also store each mask as COCO compressed RLE in the `rle` "
+                     "column [off]."),
         click.option("--executor", type=click.Choice(["ray", "local"]),
                      help="ray (default): embedded local Ray or --address; local: in-process, no Ray."),
         click.option("--address", help="Ray cluster address (else RAY_ADDRESS, else an embedded local Ray)."),

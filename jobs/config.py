@@ -22,6 +22,7 @@ class RunConfig:
     shard_size: int = 64                # manifest items per shard (a video counts as one item)
     images_per_unit: int = 16           # images decoded together by one task
     video_chunk_seconds: float = 10.0
+    rle: bool = False                   # also write COCO RLE of every mask into the Parquet
     sample_every: int = 1               # process every Nth (selected) frame
     sample_fps: float | None = None     # or about this many frames per second
     max_image_pixels: int = DEFAULT_MAX_PIXELS
@@ -38,7 +39,7 @@ class RunConfig:
 
     # settings that change results: a rerun into the same OUT must keep them
     COMPAT = ("weights_sha256", "threshold", "input_height", "input_width", "shard_size", "images_per_unit",
-              "video_chunk_seconds", "sample_every", "sample_fps", "max_image_pixels")
+              "video_chunk_seconds", "sample_every", "sample_fps", "max_image_pixels", "rle")
 
     def __post_init__(self) -> None:
         checks = [

@@ -120,7 +120,7 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
                          removed_from_manifest=len(done_ids - manifest_ids))
     ctx = UnitContext(output=storage, model=model, endpoint_url=cfg.endpoint_url, max_pixels=cfg.max_image_pixels,
                       sampling=Sampling(cfg.sample_every, cfg.sample_fps), chunk_seconds=cfg.video_chunk_seconds,
-                      images_per_unit=cfg.images_per_unit)
+                      images_per_unit=cfg.images_per_unit, rle=cfg.rle)
     return Prepared(cfg, storage, manifest, shards, ctx, model_path, summary, started=started or time.time())
 
 

@@ -20,7 +20,7 @@ from .decode import (DEFAULT_MAX_PIXELS, DecodeError, decode_chunk, decode_image
 from .faults import pause_point
 from .plan import ImageUnit, Item, Sampling, Shard, VideoUnit, image_units, plan_chunks
 from .storage import Storage
-from .write import MaskVideoWriter, chunk_mask_path, encode_png, image_mask_path
+from .write import MaskVideoWriter, chunk_mask_path, coco_rle, encode_png, image_mask_path
 
 FAULT_ENV = "HUMANSEG_FAULT_CRASH_URI"   # test hook: a worker handling a uri containing this exits hard
 
@@ -51,6 +51,7 @@ class UnitContext:
     sampling: Sampling = field(default_factory=Sampling)
     chunk_seconds: float = 10.0
     images_per_unit: int = 16
+    rle: bool = False                 # also store each mask as COCO RLE in the row
 
 
 def base_row(item: Item, ctx: UnitContext, shard: str) -> dict:
@@ -58,7 +59,7 @@ def base_row(item: Item, ctx: UnitContext, shard: str) -> dict:
             "timestamp_s": None, "width": None, "height": None, "mask_uri": None, "mask_frame": None,
             "person_fraction": None, "bbox": None, "confidence": None, "status": "ok", "error": None,
             "model": ctx.model.name, "weights_sha256": ctx.model.weights_sha256, "shard": shard,
-            "chunk": None, "manifest_row": item.position}
+            "chunk": None, "manifest_row": item.position, "rle": None}
 
 
 def error_row(item: Item, ctx: UnitContext, shard: str, message: str, **extra) -> dict:
@@ -176,7 +177,7 @@ def run_unit(unit: ImageUnit | VideoUnit, ctx: UnitContext, inference: Inference
             rows.append(dict(base_row(item, ctx, unit.shard), frame_index=index, timestamp_s=_timestamp(unit, index),
                              width=shape[1], height=shape[0], mask_uri=mask_uri, mask_frame=mask_frame,
                              person_fraction=res.person_fraction, bbox=res.bbox, confidence=res.confidence,
-                             chunk=chunk))
+                             chunk=chunk, rle=coco_rle(res.mask) if ctx.rle else None))
         stats["model_wait_s"] += t1 - t0
         stats["write_s"] += time.perf_counter() - t1
         stats["frames"] += len(records)

@@ -34,6 +34,7 @@ ROW_SCHEMA = pa.schema([
     ("status", pa.string()), ("error", pa.string()),
     ("model", pa.string()), ("weights_sha256", pa.string()),
     ("shard", pa.string()), ("chunk", pa.int32()), ("manifest_row", pa.int64()),
+    ("rle", pa.string()),   # COCO compressed RLE of the mask (column-major, height x width), with --rle
 ])
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -61,6 +62,28 @@ def shard_parquet_path(shard: str) -> str:
 
 def shard_marker_path(shard: str, kind: str = "done") -> str:
     return f"{SHARDS_DIR}/{shard}.{kind}.json"
+
+
+def coco_rle(mask: np.ndarray) -> str:
+    """COCO's compressed RLE string of a binary mask: run lengths over the column-major pixels,
+    starting with background, each stored relative to the run two before in 5-bit groups."""
+    flat = mask.ravel(order="F") > 0
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate(([0], edges, [flat.size]))
+    counts = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        counts.insert(0, 0)
+    out = []
+    for i, x in enumerate(counts):
+        if i > 2:
+            x -= counts[i - 2]
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = x != -1 if c & 0x10 else x != 0
+            out.append(chr((c | 0x20 if more else c) + 48))
+    return "".join(out)
 
 
 def encode_png(mask: np.ndarray) -> bytes:

@@ -70,3 +70,28 @@ def read_rows(out) -> list[dict]:
 def output_files(out) -> set[str]:
     root = Path(out)
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def decode_coco_rle(text: str, h: int, w: int) -> np.ndarray:
+    """Independent decoder of COCO's compressed counts (as documented for the COCO format)."""
+    counts, p = [], 0
+    while p < len(text):
+        x, k, more = 0, 0, True
+        while more:
+            c = ord(text[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    flat, value, pos = np.zeros(h * w, np.uint8), 0, 0
+    for n in counts:
+        flat[pos:pos + n] = value
+        pos += n
+        value ^= 1
+    assert pos == h * w
+    return flat.reshape((w, h)).T * 255

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from humanseg_batch.jobs.cli import cli
 from humanseg_batch.pipeline.write import mask_key, read_mask
-from mediagen import make_image, output_files, read_rows, write_manifest
+from mediagen import decode_coco_rle, make_image, output_files, read_rows, write_manifest
 
 
 def run_cli(*args):
@@ -97,6 +97,19 @@ def test_bad_manifest_is_a_usage_error_without_traceback(tmp_path, tiny_weights)
     (tmp_path / "m.csv").write_text("path\n/a.png\n")
     code, log = run_cli("run", tmp_path / "m.csv", "-o", tmp_path / "out", "--weights", tiny_weights, "--executor", "local")
     assert code == 2 and "no 'uri' column" in log and "Traceback" not in log
+
+
+def test_rle_column_matches_the_mask_files(media, tmp_path, tiny_weights):
+    manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(media[k]), "id": k} for k in ("a", "v2")])
+    out = tmp_path / "out"
+    code, log = run_cli("run", manifest, "-o", out, "--weights", tiny_weights, "--executor", "local", "--no-progress",
+                        "--rle", "--sample-every", "5")
+    assert code == 0, log
+    rows = read_rows(out)
+    assert len(rows) == 1 + 5
+    for r in rows:
+        mask = read_mask(r["mask_uri"], r["mask_frame"])
+        assert np.array_equal(decode_coco_rle(r["rle"], r["height"], r["width"]), mask)
 
 
 def test_run_record_describes_the_run(media, tmp_path, tiny_weights):
