@@ -28,6 +28,8 @@ from humanseg_batch.model.unet import UNetConfig
 @click.option("--base-width", default=8, show_default=True, help="U-Net channels at the first level.")
 @click.option("--depth", default=3, show_default=True, help="U-Net down-sampling steps.")
 @click.option("--input-size", default="96x128", show_default=True, help="Model input HEIGHTxWIDTH; frames are letterboxed to it.")
+@click.option("--stem-stride", type=click.Choice(["1", "2"]), default="1", show_default=True,
+              help="2: a strided embedding runs the U-Net at half the input resolution (~4x fewer FLOPs).")
 @click.option("--upsample", type=click.Choice(["transpose", "bilinear"]), default="transpose", show_default=True)
 @click.option("--composites", "composites_per_epoch", default=0, show_default=True,
               help="Synthetic composites per epoch (packed data with cut-outs and backgrounds).")
@@ -40,8 +42,8 @@ from humanseg_batch.model.unet import UNetConfig
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out (same config).")
 @click.option("--init-weights", type=click.Path(exists=True, dir_okay=False), help="Start from a whole model checkpoint.")
 @click.option("--init-encoder", type=click.Path(exists=True, dir_okay=False),
-              help="safetensors file with stem.*/downs.* tensors (e.g. a project checkpoint) for the encoder.")
-def train(data, input_size, base_width, depth, upsample, no_augment, **opts):
+              help="safetensors file with embed.*/stem.*/downs.* tensors (e.g. a project checkpoint) for the encoder.")
+def train(data, input_size, base_width, depth, stem_stride, upsample, no_augment, **opts):
     """Train the person U-Net on DATA: a folder with images/ and masks/ (same file names), a COCO
     instances .json (person category; polygons and RLE), or a packed .npz.
 
@@ -51,7 +53,8 @@ def train(data, input_size, base_width, depth, upsample, no_augment, **opts):
 
     try:
         h, w = (int(v) for v in input_size.lower().split("x"))
-        model = UNetConfig(base_width=base_width, depth=depth, input_height=h, input_width=w, upsample=upsample)
+        model = UNetConfig(base_width=base_width, depth=depth, input_height=h, input_width=w, upsample=upsample,
+                            stem_stride=int(stem_stride))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--input-size/--depth") from None
     aug = AugmentConfig(zoom=(0.9, 1.1), rotate=0.0, shift=0.0, colour=0.0, blur=0.0, noise=0.0, grey=0.0) \

@@ -57,7 +57,7 @@ class TrainConfig:
     threads: int | None = None             # torch CPU threads (None: torch's default)
     resume: bool = False
     init_weights: str | None = None        # start from a whole checkpoint (fine-tuning)
-    init_encoder: str | None = None        # safetensors with stem.* / downs.* tensors
+    init_encoder: str | None = None        # safetensors with embed.* / stem.* / downs.* tensors
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -120,13 +120,14 @@ def _split(cfg: TrainConfig) -> tuple[SampleSet, SampleSet]:
 
 
 def load_encoder(model: UNet, path: str) -> int:
-    """Copy stem.* and downs.* tensors from a safetensors file (a project checkpoint or plain); return count."""
+    """Copy the encoder's tensors (embed.*, stem.*, downs.*) from a safetensors file (a project checkpoint
+    or plain); return how many."""
     try:
         _, state, _ = read_checkpoint(Path(path).read_bytes(), path)
     except ValueError:
         state = load_file(path)
     own = model.state_dict()
-    enc = {k: v for k, v in state.items() if k.split(".")[0] in ("stem", "downs") and k in own}
+    enc = {k: v for k, v in state.items() if k.split(".")[0] in ("embed", "stem", "downs") and k in own}
     bad = [k for k, v in enc.items() if v.shape != own[k].shape]
     if not enc or bad:
         raise ValueError(f"{path}: no usable encoder tensors" if not enc else f"{path}: shape mismatch for {bad[:3]}")
