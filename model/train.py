@@ -6,6 +6,7 @@ Output folder:
   state/epoch_NNN.pt         resumable state (model, optimizer, scaler, epoch, RNG), torch.save of
                              plain tensors and dicts, read back with torch.load(weights_only=True)
   best.safetensors           best model by validation IoU, in the self-describing checkpoint format
+  last.safetensors           the model after the last epoch, same format
 """
 from __future__ import annotations
 
@@ -238,6 +239,28 @@ def _restore(path: Path, model, opt, scaler, device) -> dict:
     return state
 
 
+def _train_epoch(model, loader, opt, scaler, norm: _Normalise, cfg: TrainConfig, precision: str,
+                 first_step: int, total_steps: int) -> tuple[float, float]:
+    """One pass over the loader; returns (mean loss, last learning rate)."""
+    model.train()
+    loss_sum, n, lr = 0.0, 0, cfg.lr
+    for i, (x, y) in enumerate(loader):
+        lr = cfg.lr * lr_factor(cfg.schedule, first_step + i, total_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x, y = norm(x), y.to(norm.device, non_blocking=True).unsqueeze(1)
+        with _autocast(norm.device, precision):
+            logits = model(x)
+        loss = bce_dice_loss(logits, y, cfg.bce_weight, cfg.dice_weight)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        loss_sum += float(loss.detach()) * len(x)
+        n += len(x)
+    return loss_sum / max(1, n), lr
+
+
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     """Train, validate and checkpoint every epoch; export the best model to out_dir/best.safetensors."""
     out = Path(cfg.out_dir)
@@ -278,23 +301,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last, num_workers=cfg.num_workers,
             generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch), pin_memory=device.type == "cuda")
-        model.train()
-        loss_sum, n = 0.0, 0
-        for i, (x, y) in enumerate(loader):
-            lr = cfg.lr * lr_factor(cfg.schedule, epoch * steps_per_epoch + i, total_steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x, y = norm(x), y.to(device, non_blocking=True).unsqueeze(1)
-            with _autocast(device, precision):
-                logits = model(x)
-            loss = bce_dice_loss(logits, y, cfg.bce_weight, cfg.dice_weight)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            loss_sum += float(loss.detach()) * len(x)
-            n += len(x)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, n), "lr": lr}
+        loss, lr = _train_epoch(model, loader, opt, scaler, norm, cfg, precision,
+                                epoch * steps_per_epoch, total_steps)
+        row = {"epoch": epoch + 1, "train_loss": loss, "lr": lr}
         row.update(validate(model, val_images, val_masks, norm, precision))
         row["seconds"] = round(time.perf_counter() - t0, 2)
         score = row.get("val_iou", -row["train_loss"])
@@ -310,6 +319,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                           "epoch": epoch + 1, "best": best, "best_epoch": best_epoch, "history": history,
                           "rng": _rng_state(device)})
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    save_checkpoint(out / "last.safetensors", model, extra={"epoch": len(history), "data": str(cfg.data),
+                                                            "seed": cfg.seed})
     best_path = out / "best.safetensors"
     return TrainResult(str(best_path) if best_path.exists() else None, best_epoch,
                        best if val_images.numel() else float("nan"), len(history), history)

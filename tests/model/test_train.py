@@ -107,6 +107,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, packed):
         train(config(tmp_path / "b", packed, **small), log=stop_after(2))
     resumed = train(config(tmp_path / "b", packed, **dict(small, resume=True)), log=lambda s: None)
     assert resumed.epochs_run == 3 and latest_state(tmp_path / "b" / "run").name == "epoch_003.pt"
+    assert load_checkpoint(tmp_path / "b" / "run" / "last.safetensors")[1]["extra"]["epoch"] == 3
     for a, b in zip(straight.history, resumed.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
         assert a["val_iou"] == pytest.approx(b["val_iou"], abs=1e-6)
