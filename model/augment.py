@@ -164,21 +164,21 @@ def composite(background: np.ndarray, cutouts: list[tuple[np.ndarray, np.ndarray
 
 
 class TrainingSet(torch.utils.data.Dataset):
-    """Augmented scenes followed by `composites` synthetic composites per epoch."""
+    """Augmented scenes followed by `composites` synthetic composites per epoch.
+
+    Item `epoch * len(self) + i` is sample i of that epoch, so workers need no shared epoch counter
+    (they can persist across epochs) and a sample depends only on (seed, epoch, i)."""
 
     def __init__(self, samples: SampleSet, H: int, W: int, cfg: AugmentConfig, seed: int, composites: int = 0):
         self.samples, self.H, self.W, self.cfg, self.seed = samples, H, W, cfg, seed
         self.composites = composites if samples.cutouts and samples.backgrounds else 0
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.samples) + self.composites
 
-    def __getitem__(self, index: int):
-        rng = sample_rng(self.seed, self.epoch, index)
+    def __getitem__(self, item: int):
+        epoch, index = divmod(int(item), len(self))
+        rng = sample_rng(self.seed, epoch, index)
         if index < len(self.samples):
             image, mask = self.samples.images[index], self.samples.masks[index]
         else:
@@ -186,6 +186,23 @@ class TrainingSet(torch.utils.data.Dataset):
             image, mask = composite(bg, self.samples.cutouts, rng, self.cfg)
         img, msk = augment(image, mask, self.H, self.W, rng, self.cfg)
         return torch.from_numpy(img), torch.from_numpy(msk)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A seeded permutation per epoch, yielding TrainingSet items of the current epoch."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
+        return iter((self.epoch * self.size + order).tolist())
 
 
 def letterboxed_arrays(samples: SampleSet, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:

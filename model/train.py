@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file
 
-from .augment import AugmentConfig, TrainingSet, letterboxed_arrays
+from .augment import AugmentConfig, EpochSampler, TrainingSet, letterboxed_arrays
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .data import SampleSet, load_samples, split_indices
 from .losses import bce_dice_loss, confusion, scores
@@ -295,12 +295,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
 
+    sampler = EpochSampler(len(dataset), cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last, num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0, pin_memory=device.type == "cuda")
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=drop_last, num_workers=cfg.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch), pin_memory=device.type == "cuda")
+        sampler.set_epoch(epoch)
         loss, lr = _train_epoch(model, loader, opt, scaler, norm, cfg, precision,
                                 epoch * steps_per_epoch, total_steps)
         row = {"epoch": epoch + 1, "train_loss": loss, "lr": lr}

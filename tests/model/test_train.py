@@ -188,3 +188,22 @@ def test_cut_close_ups_stay_at_their_cut_side():
         cfg = AugmentConfig(composite_people=(1, 1))
         _, m = composite(bg, [(rgb, alpha)], np.random.default_rng(seed), cfg)
         assert m[-1].any() and not m[0].any()
+
+
+def test_persistent_workers_see_each_epoch_like_the_main_process():
+    from humanseg_batch.model.augment import EpochSampler
+
+    s = synthetic_set(6, size=32)
+    ds = TrainingSet(s, 32, 32, AugmentConfig(), seed=1)
+    batches = {}
+    for workers in (0, 2):
+        sampler = EpochSampler(len(ds), seed=1)
+        loader = torch.utils.data.DataLoader(ds, batch_size=3, sampler=sampler, num_workers=workers,
+                                             persistent_workers=workers > 0)
+        seen = []
+        for epoch in (0, 1):
+            sampler.set_epoch(epoch)
+            seen += [x for x, _ in loader]
+        batches[workers] = torch.stack(seen)
+    assert torch.equal(batches[0], batches[2])
+    assert not torch.equal(batches[0][:2], batches[0][2:])     # epochs differ
