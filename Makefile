@@ -19,7 +19,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/humanseg-batch run examples/manifest.csv --output out/demo
-	$(VENV)/bin/humanseg-batch status out/demo
+	-$(VENV)/bin/humanseg-batch status out/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
