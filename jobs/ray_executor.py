@@ -180,7 +180,6 @@ class Scheduler:
     def __init__(self, prep: Prepared, actors: list, cap: int):
         self.prep, self.actors, self.cap = prep, actors, cap
         self.ctx_ref = ray.put(prep.context)
-        self.actors_ref = actors
         self.committer = ShardCommitter(prep)
         self.shards = list(prep.shards)
         self.todo: list[tuple[ShardProgress, object]] = []       # units ready to submit
@@ -197,7 +196,7 @@ class Scheduler:
                 if prog.failed:
                     continue
                 seed = zlib.crc32(describe(unit).encode())
-                ref = unit_task.options(max_retries=self.retries).remote(unit, self.ctx_ref, self.actors_ref, seed)
+                ref = unit_task.options(max_retries=self.retries).remote(unit, self.ctx_ref, self.actors, seed)
                 self.running[ref] = ("unit", prog, unit)
             else:
                 prog = ShardProgress(self.shards.pop(0))
