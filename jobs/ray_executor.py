@@ -272,7 +272,16 @@ def submit_job(address: str, entrypoint: str, runtime_env: dict | None, wait: bo
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None)
+    deadline = time.time() + 120
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None)
+            break
+        except RuntimeError as exc:   # a head that just started has no job agent for a while
+            if "No available agent" not in str(exc) or time.time() > deadline:
+                raise
+            log("the cluster's job agent is not up yet; retrying")
+            time.sleep(2)
     log(f"submitted job {job_id} to {address}")
     log(f"  follow:  ray job logs --address {address} --follow {job_id}")
     log(f"  status:  ray job status --address {address} {job_id}")

@@ -26,20 +26,25 @@ def free_port() -> int:
 def ray_head(tmp_path_factory):
     """`ray start --head --block` in its own process group; stopping it stops only this node."""
     gcs, dash = free_port(), free_port()
+    # every port of its own: another Ray on this machine (e.g. the session's embedded one) holds the defaults,
+    # and a job agent that cannot bind leaves the head without a way to run jobs
+    agent_ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                   f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+                   f"--ray-client-server-port={free_port()}"]
     temp = tmp_path_factory.mktemp("rayhead")
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}:{os.environ['PATH']}")  # as on a node with the package installed
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", f"--temp-dir={temp}",
-         "--include-dashboard=true", "--disable-usage-stats"],
+         "--include-dashboard=true", "--disable-usage-stats", *agent_ports],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
     while time.time() < deadline:
-        try:
+        try:   # up = a job can be submitted (the job agent starts after the dashboard)
             from ray.job_submission import JobSubmissionClient
-            JobSubmissionClient(address).list_jobs()
+            JobSubmissionClient(address).submit_job(entrypoint="true")
             break
         except Exception:  # noqa: BLE001 - not up yet
             if proc.poll() is not None:
