@@ -182,6 +182,14 @@ def run_unit(unit: ImageUnit | VideoUnit, ctx: UnitContext, inference: Inference
         stats["write_s"] += time.perf_counter() - t1
         stats["frames"] += len(records)
 
+    def submit() -> None:
+        """Send the current batch to the model, then finish the one sent before it (one batch in flight)."""
+        nonlocal pending, batch
+        token = inference.submit(buf[: len(batch)])
+        if pending is not None:
+            drain(pending)
+        pending, batch = (batch, token), []
+
     t = time.perf_counter()
     for item, index, frame, shape in frames:
         if isinstance(frame, DecodeError):
@@ -193,17 +201,11 @@ def run_unit(unit: ImageUnit | VideoUnit, ctx: UnitContext, inference: Inference
         batch.append((item, index, shape, size))
         if len(batch) == m.batch_size:
             stats["decode_s"] += time.perf_counter() - t
-            token = inference.submit(buf[: len(batch)])
-            if pending is not None:
-                drain(pending)
-            pending, batch = (batch, token), []
+            submit()
             t = time.perf_counter()
     stats["decode_s"] += time.perf_counter() - t
     if batch:
-        token = inference.submit(buf[: len(batch)])
-        if pending is not None:
-            drain(pending)
-        pending = (batch, token)
+        submit()
     if pending is not None:
         drain(pending)
     t = time.perf_counter()
