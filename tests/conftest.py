@@ -39,8 +39,11 @@ def media(tmp_path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(s3_server):
     """One embedded local Ray for the whole session (starting Ray costs seconds).
+
+    Ray workers inherit the environment at `ray.init`, so the S3 test server's endpoint and
+    credentials are set first, whichever test happens to start Ray.
 
     Workers inherit the fault-injection variable: a unit whose uri contains `__poison__`
     kills its worker process, as a segfaulting decoder would.
