@@ -31,6 +31,10 @@ from humanseg_batch.model.unet import UNetConfig
 @click.option("--stem-stride", type=click.Choice(["1", "2"]), default="1", show_default=True,
               help="2: a strided embedding runs the U-Net at half the input resolution (~4x fewer FLOPs).")
 @click.option("--upsample", type=click.Choice(["transpose", "bilinear"]), default="transpose", show_default=True)
+@click.option("--encoder", type=click.Choice(["unet", "mobilenetv2"]), default="unet", show_default=True,
+              help="Contracting path: the paper's (unet) or MobileNetV2's first --depth stages (mobilenetv2; "
+                   "depth 1-5, --base-width sets the expansive path), which can start from ImageNet weights "
+                   "via --init-encoder (see model/recipe/fetch_encoder.py).")
 @click.option("--composites", "composites_per_epoch", default=0, show_default=True,
               help="Synthetic composites per epoch (packed data with cut-outs and backgrounds).")
 @click.option("--no-augment", is_flag=True, help="Only letterbox-style geometry, no colour/blur/noise.")
@@ -42,8 +46,11 @@ from humanseg_batch.model.unet import UNetConfig
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in --out (same config).")
 @click.option("--init-weights", type=click.Path(exists=True, dir_okay=False), help="Start from a whole model checkpoint.")
 @click.option("--init-encoder", type=click.Path(exists=True, dir_okay=False),
-              help="safetensors file with embed.*/stem.*/downs.* tensors (e.g. a project checkpoint) for the encoder.")
-def train(data, input_size, base_width, depth, stem_stride, upsample, no_augment, **opts):
+              help="safetensors file with the encoder's tensors (embed/stem/downs.*, or encoder.* for mobilenetv2), "
+                   "e.g. a project checkpoint.")
+@click.option("--encoder-lr-scale", default=1.0, show_default=True,
+              help="Encoder learning rate relative to --lr (e.g. 0.3 to keep pretrained features).")
+def train(data, input_size, base_width, depth, stem_stride, upsample, encoder, no_augment, **opts):
     """Train the person U-Net on DATA: a folder with images/ and masks/ (same file names), a COCO
     instances .json (person category; polygons and RLE), or a packed .npz.
 
@@ -54,9 +61,9 @@ def train(data, input_size, base_width, depth, stem_stride, upsample, no_augment
     try:
         h, w = (int(v) for v in input_size.lower().split("x"))
         model = UNetConfig(base_width=base_width, depth=depth, input_height=h, input_width=w, upsample=upsample,
-                            stem_stride=int(stem_stride))
+                            stem_stride=int(stem_stride), encoder=encoder)
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--input-size/--depth") from None
+        raise click.BadParameter(str(exc), param_hint="--input-size/--depth/--encoder") from None
     aug = AugmentConfig(zoom=(0.9, 1.1), rotate=0.0, shift=0.0, colour=0.0, blur=0.0, noise=0.0, grey=0.0) \
         if no_augment else AugmentConfig()
     cfg = TrainConfig(data=str(data), model=model, augment=aug, **opts)

@@ -58,7 +58,8 @@ class TrainConfig:
     threads: int | None = None             # torch CPU threads (None: torch's default)
     resume: bool = False
     init_weights: str | None = None        # start from a whole checkpoint (fine-tuning)
-    init_encoder: str | None = None        # safetensors with embed.* / stem.* / downs.* tensors
+    init_encoder: str | None = None        # safetensors with the encoder's tensors (embed/stem/downs or encoder.*)
+    encoder_lr_scale: float = 1.0          # the encoder's learning rate relative to lr (< 1 to keep pretrained features)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -120,18 +121,25 @@ def _split(cfg: TrainConfig) -> tuple[SampleSet, SampleSet]:
     return samples.subset(train_idx), samples.subset(val_idx)
 
 
+ENCODER_PREFIXES = ("embed", "stem", "downs", "encoder")
+
+
 def load_encoder(model: UNet, path: str) -> int:
-    """Copy the encoder's tensors (embed.*, stem.*, downs.*) from a safetensors file (a project checkpoint
-    or plain); return how many."""
+    """Copy the contracting path's tensors (embed.*, stem.*, downs.* or encoder.*) from a safetensors file
+    (a project checkpoint or plain, e.g. model/recipe/fetch_encoder.py's); return how many. Every encoder
+    tensor of the model must be there: a partial match would silently train from a half-initialised encoder."""
     try:
         _, state, _ = read_checkpoint(Path(path).read_bytes(), path)
     except ValueError:
         state = load_file(path)
     own = model.state_dict()
-    enc = {k: v for k, v in state.items() if k.split(".")[0] in ("embed", "stem", "downs") and k in own}
+    wanted = {k for k in own if k.split(".")[0] in ENCODER_PREFIXES and not k.endswith("num_batches_tracked")}
+    enc = {k: v for k, v in state.items() if k in wanted}
     bad = [k for k, v in enc.items() if v.shape != own[k].shape]
-    if not enc or bad:
-        raise ValueError(f"{path}: no usable encoder tensors" if not enc else f"{path}: shape mismatch for {bad[:3]}")
+    missing = sorted(wanted - set(enc))
+    if not enc or bad or missing:
+        raise ValueError(f"{path}: no usable encoder tensors" if not enc else
+                         f"{path}: shape mismatch for {bad[:3]}" if bad else f"{path}: lacks {missing[:3]}")
     model.load_state_dict(enc, strict=False)
     return len(enc)
 
@@ -151,10 +159,14 @@ def _build_model(cfg: TrainConfig, log: Callable[[str], None]) -> UNet:
 
 
 def _optimizer(model: UNet, cfg: TrainConfig) -> torch.optim.AdamW:
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    plain = [p for n, p in model.named_parameters() if p.ndim <= 1]   # no decay on BN and biases
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": plain, "weight_decay": 0.0}], lr=cfg.lr)
+    """AdamW without decay on BN weights and biases; the encoder's groups carry `lr_scale`."""
+    encoder = {id(p) for p in model.encoder_parameters()}
+    groups = []
+    for in_encoder, scale in ((True, cfg.encoder_lr_scale), (False, 1.0)):
+        named = [(n, p) for n, p in model.named_parameters() if (id(p) in encoder) == in_encoder]
+        groups += [{"params": [p for n, p in named if p.ndim > 1], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": [p for n, p in named if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
 def _autocast(device: torch.device, precision: str):
@@ -247,7 +259,7 @@ def _train_epoch(model, loader, opt, scaler, norm: _Normalise, cfg: TrainConfig,
     for i, (x, y) in enumerate(loader):
         lr = cfg.lr * lr_factor(cfg.schedule, first_step + i, total_steps)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         x, y = norm(x), y.to(norm.device, non_blocking=True).unsqueeze(1)
         with _autocast(norm.device, precision):
             logits = model(x)

@@ -11,6 +11,14 @@ from torch import nn
 import torch.nn.functional as F
 
 
+ENCODERS = ("unet", "mobilenetv2")
+# MobileNetV2 inverted-residual stages (expansion t, channels c, repeats n, stride s), as in the paper
+MBV2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+               (6, 320, 1, 1))
+# (index into `features` after which the feature map is tapped, its channels) at strides 2, 4, 8, 16, 32
+MBV2_TAPS = ((1, 16), (3, 24), (6, 32), (13, 96), (17, 320))
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     """Everything needed to rebuild the model and feed it; saved inside every checkpoint."""
@@ -28,12 +36,22 @@ class UNetConfig:
     # 2: a strided 2x2 conv embeds the input at half resolution before the U-Net, and the logits
     # are upsampled x2 at the end: ~4x cheaper, for CPU throughput. 1: the classic full-resolution U-Net.
     stem_stride: int = 1
+    # "unet": the paper's contracting path (DoubleConv + max-pool, base_width doubling per level).
+    # "mobilenetv2": the contracting path is MobileNetV2's first `depth` stages (Sandler et al., 2018),
+    # so it can start from ImageNet weights; skips are tapped at strides 2..2**depth and the expansive
+    # path (base_width * 2**level channels) ends at stride 2, its logits upsampled x2.
+    encoder: str = "unet"
 
     def __post_init__(self) -> None:
         if self.depth < 1 or self.base_width < 1 or self.in_channels < 1:
             raise ValueError("depth, base_width and in_channels must be >= 1")
         if self.stem_stride not in (1, 2):
             raise ValueError("stem_stride must be 1 or 2")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {sorted(ENCODERS)}")
+        if self.encoder == "mobilenetv2" and (self.depth > len(MBV2_TAPS) or self.stem_stride != 1
+                                                or self.in_channels != 3):
+            raise ValueError(f"the mobilenetv2 encoder takes depth 1..{len(MBV2_TAPS)}, stem_stride 1 and 3 channels")
         step = 2 ** self.depth * self.stem_stride
         if self.input_height % step or self.input_width % step:
             raise ValueError(f"input size {self.input_height}x{self.input_width} must be divisible by 2**depth={step}")
@@ -94,10 +112,70 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, x], dim=1))
 
 
+def _conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> list[nn.Module]:
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return layers + [nn.ReLU6(inplace=True)] if act else layers
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand -> 3x3 depthwise -> 1x1 linear projection, residual when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        layers = [] if expand == 1 else _conv_bn(cin, hidden, 1)
+        layers += _conv_bn(hidden, hidden, 3, stride, groups=hidden) + _conv_bn(hidden, cout, 1, act=False)
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2Encoder(nn.Module):
+    """MobileNetV2's feature extractor up to the tap at stride 2**depth; module names follow the common
+    `features.N` layout so ImageNet state dicts load directly."""
+
+    def __init__(self, depth: int):
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Sequential(*_conv_bn(3, 32, 3, 2))]
+        cin = 32
+        for t, c, n, s in MBV2_STAGES:
+            for i in range(n):
+                blocks.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        self.taps = [index for index, _ in MBV2_TAPS[:depth]]
+        self.channels = [ch for _, ch in MBV2_TAPS[:depth]]
+        self.features = nn.Sequential(*blocks[: self.taps[-1] + 1])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i in self.taps:
+                out.append(x)
+        return out
+
+
+class UpSkip(nn.Module):
+    """Expansive step for an encoder with its own channel counts: bilinear x2, concatenate the skip, DoubleConv."""
+
+    def __init__(self, cin: int, cskip: int, cout: int):
+        super().__init__()
+        self.conv = DoubleConv(cin + cskip, cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
 class UNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = config
+        if config.encoder == "mobilenetv2":
+            self._build_mobilenetv2(config)
+            return
         widths = [config.base_width * 2 ** i for i in range(config.depth + 1)]
         if config.stem_stride == 1:
             self.embed = nn.Identity()
@@ -111,14 +189,32 @@ class UNet(nn.Module):
         self.ups = nn.ModuleList(Up(b, a, config.upsample) for a, b in reversed(list(zip(widths[:-1], widths[1:]))))
         self.head = nn.Conv2d(widths[0], 1, 1)
 
+    def _build_mobilenetv2(self, config: UNetConfig) -> None:
+        self.encoder = MobileNetV2Encoder(config.depth)
+        skips = self.encoder.channels
+        # the deepest tap feeds the expansive path directly; level j (stride 2**(j+1)) has base_width * 2**j channels
+        widths = [config.base_width * 2 ** j for j in range(config.depth)]
+        ins = widths[1:-1] + [skips[-1]]                     # what arrives at level j from below
+        self.ups = nn.ModuleList(UpSkip(ins[j], skips[j], widths[j]) for j in reversed(range(config.depth - 1)))
+        self.head = nn.Conv2d(widths[0] if config.depth > 1 else skips[0], 1, 1)
+
     def encoder_parameters(self):
         """Parameters of the contracting path (for optional pretrained initialisation)."""
+        if self.config.encoder == "mobilenetv2":
+            yield from self.encoder.parameters()
+            return
         yield from self.embed.parameters()
         yield from self.stem.parameters()
         yield from self.downs.parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
+        if self.config.encoder == "mobilenetv2":
+            skips = self.encoder(x)
+            x = skips.pop()
+            for up in self.ups:
+                x = up(x, skips.pop())
+            return F.interpolate(self.head(x), size=size, mode="bilinear", align_corners=False)
         skips = [self.stem(self.embed(x))]
         for down in self.downs:
             skips.append(down(skips[-1]))

@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--input-size", default=f"{MODEL.input_height}x{MODEL.input_width}")
     ap.add_argument("--stem-stride", type=int, default=MODEL.stem_stride,
                     help="2: strided embedding, the U-Net runs at half resolution (~4x cheaper)")
+    ap.add_argument("--encoder", default=MODEL.encoder, choices=["unet", "mobilenetv2"])
+    ap.add_argument("--init-encoder", help="ImageNet encoder weights (model/recipe/fetch_encoder.py writes them)")
+    ap.add_argument("--encoder-lr-scale", type=float, default=1.0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=1)
@@ -51,11 +54,12 @@ def main() -> None:
         return
     h, w = (int(v) for v in args.input_size.split("x"))
     model = UNetConfig(base_width=args.base_width, depth=args.depth, input_height=h, input_width=w,
-                       upsample=MODEL.upsample, stem_stride=args.stem_stride)
+                       upsample=MODEL.upsample, stem_stride=args.stem_stride, encoder=args.encoder)
     cfg = TrainConfig(data=args.pack, out_dir=args.out, model=model, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, val_fraction=0.15, seed=args.seed, augment=AugmentConfig(),
                       composites_per_epoch=args.composites, device=args.device, precision=args.precision,
-                      threads=args.threads, num_workers=args.workers, resume=args.resume)
+                      threads=args.threads, num_workers=args.workers, resume=args.resume,
+                      init_encoder=args.init_encoder, encoder_lr_scale=args.encoder_lr_scale)
     result = train(cfg)
     print(f"best epoch {result.best_epoch}: val IoU {result.best_val_iou:.4f} -> {result.best_path}")
 

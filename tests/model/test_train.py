@@ -13,7 +13,7 @@ from humanseg_batch.model import load_checkpoint
 from humanseg_batch.model.augment import AugmentConfig, TrainingSet, composite, letterbox
 from humanseg_batch.model.data import SampleSet, load_pack, save_pack, split_indices
 from humanseg_batch.model.train import TrainConfig, latest_state, lr_factor, train
-from humanseg_batch.model.unet import UNetConfig
+from humanseg_batch.model.unet import UNetConfig, build_unet
 
 
 def textured_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -207,3 +207,20 @@ def test_persistent_workers_see_each_epoch_like_the_main_process():
         batches[workers] = torch.stack(seen)
     assert torch.equal(batches[0], batches[2])
     assert not torch.equal(batches[0][:2], batches[0][2:])     # epochs differ
+
+
+def test_encoder_lr_scale_zero_trains_only_the_expansive_path(tmp_path, packed):
+    from safetensors.torch import save_file
+
+    mb = UNetConfig(encoder="mobilenetv2", depth=2, base_width=8, input_height=64, input_width=64)
+    init = build_unet(mb)
+    enc = {k: v for k, v in init.state_dict().items() if k.startswith("encoder.")}
+    save_file(enc, str(tmp_path / "enc.safetensors"))
+    result = train(config(tmp_path, packed, model=mb, epochs=1, init_encoder=str(tmp_path / "enc.safetensors"),
+                          encoder_lr_scale=0.0), log=lambda s: None)
+    trained = load_checkpoint(tmp_path / "run" / "last.safetensors")[0]
+    params = dict(trained.named_parameters())
+    start = dict(init.named_parameters())
+    assert result.epochs_run == 1
+    assert all(torch.equal(p, start[k]) for k, p in params.items() if k.startswith("encoder."))
+    assert not torch.equal(params["head.weight"], start["head.weight"])

@@ -1,3 +1,4 @@
+import json
 import io
 import pickle
 
@@ -102,3 +103,63 @@ def test_segmenter_threshold_and_batch_split_agree_with_one_big_batch(tiny_weigh
     low = Segmenter.from_checkpoint(tiny_weights, device="cpu", precision="fp32", threshold=0.01).segment(frames[:1])
     high = Segmenter.from_checkpoint(tiny_weights, device="cpu", precision="fp32", threshold=0.99).segment(frames[:1])
     assert low[0].person_fraction >= high[0].person_fraction
+
+
+MBV2_CHANNELS = [16, 24, 32, 96, 320]
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+def test_mobilenetv2_encoder_taps_skips_at_each_stride_and_returns_full_size_logits(depth):
+    model = build_unet(encoder="mobilenetv2", depth=depth, base_width=4, input_height=64, input_width=96).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        taps = model.encoder(x)
+        assert model(x).shape == (2, 1, 64, 96)
+    assert [t.shape[1] for t in taps] == MBV2_CHANNELS[:depth]
+    assert [t.shape[-2:] for t in taps] == [(64 // 2 ** (i + 1), 96 // 2 ** (i + 1)) for i in range(depth)]
+    # the expansive path: one step per tap above the deepest, base_width * 2**level channels
+    assert [up.conv[3].out_channels for up in model.ups] == [4 * 2 ** j for j in reversed(range(depth - 1))]
+
+
+def test_mobilenetv2_config_limits():
+    with pytest.raises(ValueError, match="depth 1..5"):
+        UNetConfig(encoder="mobilenetv2", depth=6, input_height=64, input_width=64)
+    with pytest.raises(ValueError, match="stem_stride 1"):
+        UNetConfig(encoder="mobilenetv2", depth=2, stem_stride=2, input_height=64, input_width=64)
+    with pytest.raises(ValueError, match="encoder must be"):
+        UNetConfig(encoder="resnet")
+
+
+def test_mobilenetv2_checkpoint_round_trip_and_old_configs_default_to_the_paper_encoder(tmp_path):
+    model = build_unet(encoder="mobilenetv2", depth=3, base_width=4, input_height=32, input_width=48).eval()
+    save_checkpoint(tmp_path / "m.safetensors", model)
+    loaded, info = load_checkpoint(tmp_path / "m.safetensors")
+    assert info["config"].encoder == "mobilenetv2"
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded.eval()(x))
+    # checkpoints written before the field existed carry no "encoder" key
+    old = {k: v for k, v in json.loads(UNetConfig(depth=2, input_height=32, input_width=32).to_json()).items()
+           if k != "encoder"}
+    assert UNetConfig.from_json(json.dumps(old)).encoder == "unet"
+
+
+def test_load_encoder_copies_imagenet_style_tensors_and_refuses_partial_files(tmp_path):
+    from safetensors.torch import save_file
+    from humanseg_batch.model.train import load_encoder
+
+    # a full MobileNetV2 (depth 5) file, as fetch_encoder.py writes it, initialises a shallower encoder
+    source = build_unet(encoder="mobilenetv2", depth=5, base_width=4, input_height=64, input_width=64)
+    tensors = {k: v for k, v in source.state_dict().items() if k.startswith("encoder.")}
+    save_file(tensors, str(tmp_path / "enc.safetensors"))
+    model = build_unet(encoder="mobilenetv2", depth=3, base_width=4, input_height=64, input_width=64)
+    head = model.head.weight.detach().clone()
+    n = load_encoder(model, str(tmp_path / "enc.safetensors"))
+    own = model.state_dict()
+    assert n == len([k for k in own if k.startswith("encoder.") and not k.endswith("num_batches_tracked")])
+    assert all(torch.equal(own[k], tensors[k]) for k in own if k.startswith("encoder.") and "num_batches" not in k)
+    assert torch.equal(model.head.weight, head)               # the expansive path is left alone
+    partial = {k: v for k, v in tensors.items() if not k.startswith("encoder.features.6.")}
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ValueError, match="lacks"):
+        load_encoder(model, str(tmp_path / "partial.safetensors"))
