@@ -27,6 +27,12 @@ class AugmentConfig:
     noise: float = 0.25                     # probability of Gaussian pixel noise
     grey: float = 0.05                      # probability of a greyscale image
     composite_people: tuple[int, int] = (1, 3)
+    # probability of permuting the RGB channels: keeps a student from learning "red shirt = person"
+    # when the people in its data are few
+    channel_swap: float = 0.0
+    # person-free distractors per composite: blobs cut from another background, recoloured, pasted
+    # under the people with mask 0 (bright, person-sized things that are not people)
+    distractors: tuple[int, int] = (0, 0)
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -92,6 +98,8 @@ def _photometric(img: np.ndarray, rng, cfg: AugmentConfig) -> np.ndarray:
         mean = x.mean()
         x = (x - mean) * (1 + rng.uniform(-s, s)) + mean * (1 + rng.uniform(-s, s))
         x *= 1 + rng.uniform(-s / 3, s / 3, size=3).astype(np.float32)   # white balance
+    if rng.random() < cfg.channel_swap:
+        x = np.ascontiguousarray(x[..., rng.permutation(3)])
     if rng.random() < cfg.grey:
         x[:] = x.mean(axis=2, keepdims=True)
     if rng.random() < cfg.blur:
@@ -130,12 +138,39 @@ def _placement(edges, ph: int, pw: int, H: int, W: int, rng: np.random.Generator
     return x0, y0
 
 
+def _distractor(canvas: np.ndarray, source: np.ndarray, rng: np.random.Generator) -> None:
+    """Paste a soft-edged random blob (ellipse or polygon) cut from `source`, hue-rotated, onto `canvas`."""
+    H, W = canvas.shape[:2]
+    bh, bw = int(H * rng.uniform(0.15, 0.7)), int(W * rng.uniform(0.08, 0.4))
+    sh, sw = source.shape[:2]
+    y, x = int(rng.integers(0, max(1, sh - bh))), int(rng.integers(0, max(1, sw - bw)))
+    patch = cv2.resize(source[y:y + bh, x:x + bw], (bw, bh))
+    hsv = cv2.cvtColor(patch, cv2.COLOR_RGB2HSV_FULL)
+    hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(rng.integers(256))) % 256
+    hsv[..., 1] = np.clip(hsv[..., 1].astype(np.float32) * rng.uniform(1.0, 2.5), 0, 255).astype(np.uint8)
+    patch = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL).astype(np.float32)
+    alpha = np.zeros((bh, bw), np.float32)
+    if rng.random() < 0.5:
+        cv2.ellipse(alpha, (bw // 2, bh // 2), (bw // 2, bh // 2), 0, 0, 360, 1.0, -1)
+    else:
+        pts = np.stack([rng.uniform(0, bw, 7), rng.uniform(0, bh, 7)], 1).astype(np.int32)
+        cv2.fillPoly(alpha, [cv2.convexHull(pts)], 1.0)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), 1.0)[..., None]
+    y0, x0 = int(rng.integers(0, max(1, H - bh))), int(rng.integers(0, max(1, W - bw)))
+    region = canvas[y0:y0 + bh, x0:x0 + bw]
+    region[:] = region * (1 - alpha[:region.shape[0], :region.shape[1]]) + \
+        patch[:region.shape[0], :region.shape[1]] * alpha[:region.shape[0], :region.shape[1]]
+
+
 def composite(background: np.ndarray, cutouts: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator,
-              cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Paste 1..n random cut-out people onto a background; later ones occlude earlier ones."""
+              cfg: AugmentConfig, others: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Paste 1..n random cut-out people onto a background; later ones occlude earlier ones. With
+    `cfg.distractors`, first paste person-free blobs cut from `others` (default: the background itself)."""
     canvas = background.astype(np.float32)
     H, W = canvas.shape[:2]
     mask = np.zeros((H, W), np.float32)
+    for _ in range(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1)):
+        _distractor(canvas, others[rng.integers(len(others))] if others else background, rng)
     for _ in range(rng.integers(cfg.composite_people[0], cfg.composite_people[1] + 1)):
         rgb, alpha = cutouts[rng.integers(len(cutouts))]
         edges = cut_edges(alpha)
@@ -183,7 +218,7 @@ class TrainingSet(torch.utils.data.Dataset):
             image, mask = self.samples.images[index], self.samples.masks[index]
         else:
             bg = self.samples.backgrounds[rng.integers(len(self.samples.backgrounds))]
-            image, mask = composite(bg, self.samples.cutouts, rng, self.cfg)
+            image, mask = composite(bg, self.samples.cutouts, rng, self.cfg, self.samples.backgrounds)
         img, msk = augment(image, mask, self.H, self.W, rng, self.cfg)
         return torch.from_numpy(img), torch.from_numpy(msk)
 

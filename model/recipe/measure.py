@@ -43,12 +43,18 @@ def main() -> None:
     ap.add_argument("weights", nargs="?")
     ap.add_argument("--eval-dir", default=str(HERE / ".cache/eval"))
     ap.add_argument("--csv")
+    ap.add_argument("--no-speed", action="store_true", help="quality only (e.g. while a training run has the CPU)")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     overall = evaluate(args.weights, args.eval_dir, args.csv, device="cpu", precision="fp32")
     keys = ("mean_iou_with_people", "mean_false_person_fraction_person_free", "pooled_iou", "pooled_precision",
             "pooled_recall")
     report = {k: round(overall[k], 4) for k in keys}
-    model, segment = model_fps(args.weights)
+    if args.no_speed:
+        print(json.dumps(report))
+        return
+    model, segment = model_fps(args.weights, threads=args.threads)
     report.update(model_fps=round(model, 1), segment_fps=round(segment, 1))
     print(json.dumps(report))
 

@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--encoder", default=MODEL.encoder, choices=["unet", "mobilenetv2"])
     ap.add_argument("--init-encoder", help="ImageNet encoder weights (model/recipe/fetch_encoder.py writes them)")
     ap.add_argument("--encoder-lr-scale", type=float, default=1.0)
+    ap.add_argument("--channel-swap", type=float, default=0.0, help="probability of an RGB channel permutation")
+    ap.add_argument("--distractors", type=int, default=0, help="at most this many person-free blobs per composite")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=1)
@@ -56,7 +58,8 @@ def main() -> None:
     model = UNetConfig(base_width=args.base_width, depth=args.depth, input_height=h, input_width=w,
                        upsample=MODEL.upsample, stem_stride=args.stem_stride, encoder=args.encoder)
     cfg = TrainConfig(data=args.pack, out_dir=args.out, model=model, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, val_fraction=0.15, seed=args.seed, augment=AugmentConfig(),
+                      lr=args.lr, val_fraction=0.15, seed=args.seed,
+                      augment=AugmentConfig(channel_swap=args.channel_swap, distractors=(0, args.distractors)),
                       composites_per_epoch=args.composites, device=args.device, precision=args.precision,
                       threads=args.threads, num_workers=args.workers, resume=args.resume,
                       init_encoder=args.init_encoder, encoder_lr_scale=args.encoder_lr_scale)

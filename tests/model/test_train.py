@@ -224,3 +224,25 @@ def test_encoder_lr_scale_zero_trains_only_the_expansive_path(tmp_path, packed):
     assert result.epochs_run == 1
     assert all(torch.equal(p, start[k]) for k, p in params.items() if k.startswith("encoder."))
     assert not torch.equal(params["head.weight"], start["head.weight"])
+
+
+def test_distractors_change_the_picture_but_never_the_mask():
+    rng = np.random.default_rng(0)
+    bg = textured_background(rng, 96, 128)
+    other = np.full((80, 80, 3), (200, 30, 30), np.uint8)
+    cfg = AugmentConfig(composite_people=(0, 0), distractors=(2, 2))
+    img, mask = composite(bg, [], np.random.default_rng(1), cfg, [other])
+    assert mask.sum() == 0 and np.abs(img.astype(int) - bg).max() > 50
+
+
+def test_channel_swap_permutes_colours_only():
+    from humanseg_batch.model.augment import _photometric
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = 10, 120, 240
+    plain = AugmentConfig(colour=0.0, blur=0.0, noise=0.0, grey=0.0)
+    swapped = [_photometric(img, np.random.default_rng(s), dataclasses.replace(plain, channel_swap=1.0))[0, 0]
+               for s in range(12)]
+    assert all(sorted(p.tolist()) == [10, 120, 240] for p in swapped)
+    assert len({tuple(p.tolist()) for p in swapped}) > 1
+    assert _photometric(img, np.random.default_rng(0), plain)[0, 0].tolist() == [10, 120, 240]
