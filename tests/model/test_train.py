@@ -177,6 +177,16 @@ def test_train_command_on_a_labelled_folder(tmp_path):
     assert "epoch=2" in result.output and (tmp_path / "run" / "best.safetensors").exists()
     bad = CliRunner().invoke(train_cmd, args[:3] + ["--input-size", "30x30"])
     assert bad.exit_code != 0 and "divisible" in bad.output
+    # the MobileNetV2 contracting path, started from an encoder file
+    from safetensors.torch import save_file
+    mb = build_unet(encoder="mobilenetv2", depth=2, base_width=4, input_height=32, input_width=32)
+    save_file({k: v for k, v in mb.state_dict().items() if k.startswith("encoder.")}, str(tmp_path / "enc.safetensors"))
+    args_mb = args[:2] + [str(tmp_path / "run-mb")] + args[3:] + ["--encoder", "mobilenetv2", "--init-encoder",
+                                                                 str(tmp_path / "enc.safetensors"), "--encoder-lr-scale", "0.3"]
+    result = CliRunner().invoke(train_cmd, args_mb)
+    assert result.exit_code == 0, result.output
+    assert "tensors from" in result.output
+    assert load_checkpoint(tmp_path / "run-mb" / "best.safetensors")[0].config.encoder == "mobilenetv2"
 
 
 def test_cut_close_ups_stay_at_their_cut_side():
