@@ -177,7 +177,7 @@ def bench(weights, video, video_copies, images, image_size, precisions, batch_si
     report["startup"]["weights_load_s"] = time.perf_counter() - t
     c = info["config"]
     H, W = c.input_height, c.input_width
-    report["conditions"] = {"model": f"{c.name} w{c.base_width} d{c.depth} {c.input_width}x{c.input_height}",
+    report["conditions"] = {"model": c.tag,
                             "weights": info["path"], "cpu_count": os.cpu_count(), "video": video,
                             "executor": executor, "device": device, "model_threads": threads}
     work = Path(tempfile.mkdtemp(prefix="hsb-bench-media-"))

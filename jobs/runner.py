@@ -78,7 +78,7 @@ def model_info(cfg: RunConfig) -> tuple[ModelInfo, str]:
     model, info = load_checkpoint(cfg.weights)
     c = info["config"]
     threshold = cfg.threshold if cfg.threshold is not None else c.threshold
-    return ModelInfo(name=f"{c.name}-w{c.base_width}d{c.depth}-{c.input_width}x{c.input_height}",
+    return ModelInfo(name=c.tag,
                      weights_sha256=info["sha256"], input_height=c.input_height, input_width=c.input_width,
                      threshold=threshold, batch_size=cfg.batch_size), info["path"]
 

@@ -60,6 +60,12 @@ class UNetConfig:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError("threshold must be in (0, 1)")
 
+    @property
+    def tag(self) -> str:
+        """Short description for output rows and reports, e.g. unet-mobilenetv2-w8d4-128x96."""
+        enc = "" if self.encoder == "unet" else f"-{self.encoder}"
+        return f"{self.name}{enc}-w{self.base_width}d{self.depth}-{self.input_width}x{self.input_height}"
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 

@@ -135,6 +135,8 @@ def test_mobilenetv2_checkpoint_round_trip_and_old_configs_default_to_the_paper_
     save_checkpoint(tmp_path / "m.safetensors", model)
     loaded, info = load_checkpoint(tmp_path / "m.safetensors")
     assert info["config"].encoder == "mobilenetv2"
+    assert info["config"].tag == "unet-mobilenetv2-w4d3-48x32"
+    assert UNetConfig(base_width=8, depth=4, input_height=96, input_width=128).tag == "unet-w8d4-128x96"
     x = torch.randn(1, 3, 32, 48)
     with torch.no_grad():
         assert torch.equal(model(x), loaded.eval()(x))
