@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--init-encoder", default=None,
                     help=f"encoder weights (default for mobilenetv2: {IMAGENET.relative_to(HERE.parent.parent)}, "
                          "written by fetch_encoder.py; 'none' starts from random weights)")
-    ap.add_argument("--encoder-lr-scale", type=float, default=0.1,
+    ap.add_argument("--encoder-lr-scale", type=float, default=0.02,
                     help="encoder lr relative to --lr: low, so the few people here do not wash out ImageNet features")
     ap.add_argument("--channel-swap", type=float, default=0.25, help="probability of an RGB channel permutation")
     ap.add_argument("--distractors", type=int, default=2, help="at most this many person-free blobs per composite")
