@@ -98,7 +98,7 @@ def _photometric(img: np.ndarray, rng, cfg: AugmentConfig) -> np.ndarray:
         mean = x.mean()
         x = (x - mean) * (1 + rng.uniform(-s, s)) + mean * (1 + rng.uniform(-s, s))
         x *= 1 + rng.uniform(-s / 3, s / 3, size=3).astype(np.float32)   # white balance
-    if rng.random() < cfg.channel_swap:
+    if cfg.channel_swap and rng.random() < cfg.channel_swap:   # no draw when off: streams stay as before
         x = np.ascontiguousarray(x[..., rng.permutation(3)])
     if rng.random() < cfg.grey:
         x[:] = x.mean(axis=2, keepdims=True)
@@ -169,7 +169,7 @@ def composite(background: np.ndarray, cutouts: list[tuple[np.ndarray, np.ndarray
     canvas = background.astype(np.float32)
     H, W = canvas.shape[:2]
     mask = np.zeros((H, W), np.float32)
-    for _ in range(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1)):
+    for _ in range(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1) if cfg.distractors[1] else 0):
         _distractor(canvas, others[rng.integers(len(others))] if others else background, rng)
     for _ in range(rng.integers(cfg.composite_people[0], cfg.composite_people[1] + 1)):
         rgb, alpha = cutouts[rng.integers(len(cutouts))]
