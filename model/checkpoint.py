@@ -29,6 +29,21 @@ def default_weights_path() -> Path:
     return Path(__file__).resolve().parent / "weights" / DEFAULT_WEIGHTS_NAME
 
 
+def shipped_weights() -> dict[str, Path]:
+    """Models shipped inside the package, by name ("default", "hires", ...): `--weights NAME` picks one."""
+    return {p.stem: p for p in sorted((Path(__file__).resolve().parent / "weights").glob("*.safetensors"))}
+
+
+def resolve_weights(path: str | os.PathLike | None) -> Path:
+    """None: the default weights; a shipped model's name (not an existing file): that model; else the path."""
+    if path is None:
+        return default_weights_path()
+    text = str(path)
+    if not Path(text).exists() and "/" not in text and os.sep not in text and text in shipped_weights():
+        return shipped_weights()[text]
+    return Path(text)
+
+
 def tensors_hash(state: dict[str, torch.Tensor]) -> str:
     """sha256 over tensor names, dtypes, shapes and bytes, in name order."""
     h = hashlib.sha256()
@@ -82,12 +97,14 @@ def read_checkpoint(data: bytes, source: str = "checkpoint") -> tuple[UNetConfig
 
 
 def load_checkpoint(path: str | os.PathLike | None = None) -> tuple[UNet, dict]:
-    """Load a verified model (eval mode) and its metadata; None means the default weights."""
-    source = Path(path) if path is not None else default_weights_path()
+    """Load a verified model (eval mode) and its metadata; None means the default weights, a bare
+    name one of the shipped models (`shipped_weights()`)."""
+    source = resolve_weights(path)
     if not source.exists():
         if path is None:
             raise CheckpointError("no default weights are installed; pass --weights PATH")
-        raise CheckpointError(f"weights file not found: {source}")
+        names = ", ".join(shipped_weights()) or "none"
+        raise CheckpointError(f"weights file not found: {source} (shipped models: {names})")
     config, state, meta = read_checkpoint(source.read_bytes(), str(source))
     model = UNet(config)
     try:

@@ -53,12 +53,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--install", metavar="CHECKPOINT", help="copy a trained checkpoint to model/weights/default.safetensors and stop")
+    ap.add_argument("--install", metavar="CHECKPOINT", help="copy a trained checkpoint to model/weights/NAME.safetensors and stop")
+    ap.add_argument("--as", dest="install_as", default="default", metavar="NAME",
+                    help="shipped model name for --install: default, or hires (the 128x160 model)")
     args = ap.parse_args()
     if args.install:
         load_checkpoint(args.install)          # refuses anything that is not a verified checkpoint
-        shutil.copyfile(args.install, default_weights_path())
-        print(f"installed {args.install} -> {default_weights_path()}")
+        target = default_weights_path().with_name(f"{args.install_as}.safetensors")
+        shutil.copyfile(args.install, target)
+        print(f"installed {args.install} -> {target}")
         return
     h, w = (int(v) for v in args.input_size.split("x"))
     init = args.init_encoder

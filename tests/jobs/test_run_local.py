@@ -119,3 +119,18 @@ def test_run_record_describes_the_run(media, tmp_path, tiny_weights):
     record = json.loads((out / "_run.json").read_text())
     assert record["config"]["weights_sha256"] and record["manifest_fingerprint"] and record["package_version"]
     assert "_run.json" in output_files(out)
+
+
+def test_weights_by_shipped_name_and_a_clear_error_for_unknown_ones(media, tmp_path):
+    from humanseg_batch.model import load_checkpoint
+
+    manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(media["a"]), "id": "a"}])
+    out = tmp_path / "out"
+    code, log = run_cli("run", manifest, "-o", out, "--weights", "hires", "--executor", "local", "--no-progress")
+    assert code == 0, log
+    record = json.loads((out / "_run.json").read_text())
+    assert record["config"]["weights_sha256"] == load_checkpoint("hires")[1]["sha256"]
+    assert read_rows(out)[0]["model"] == "unet-mobilenetv2-w8d4-160x128"
+    result = CliRunner().invoke(cli, ["run", str(manifest), "-o", str(tmp_path / "o2"), "--weights", "nosuch",
+                                      "--executor", "local", "--no-progress"])
+    assert result.exit_code == 2 and "shipped models: default, hires" in result.output

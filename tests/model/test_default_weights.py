@@ -1,4 +1,4 @@
-"""The shipped default weights: loadable, within the size budget, and still segmenting the bundled samples.
+"""The shipped weights (default and hires): loadable, within the size budget, and still segmenting the bundled samples.
 
 A regression guard, not a quality claim: astronaut.png and grace_hopper.jpg were in the training pack;
 fruits.jpg is a held-out person-free photo. Held-out quality is measured by model/recipe/measure.py."""
@@ -15,10 +15,10 @@ from humanseg_batch.model import Segmenter, default_weights_path, load_checkpoin
 MEDIA = Path(__file__).resolve().parents[2] / "examples" / "media"
 
 
-@pytest.fixture(scope="module")
-def segmenter():
+@pytest.fixture(scope="module", params=["default", "hires"])
+def segmenter(request):
     torch.set_num_threads(1)
-    return Segmenter.from_checkpoint(None, device="cpu", precision="fp32")
+    return Segmenter.from_checkpoint(request.param, device="cpu", precision="fp32")
 
 
 def test_default_weights_are_the_documented_model():
@@ -38,3 +38,13 @@ def test_default_weights_on_the_bundled_samples(segmenter, name, low, high):
     if high > 0.1:   # the person stands in the middle of the portrait, not along one edge
         x0, y0, x1, y1 = result.bbox
         assert x0 < rgb.shape[1] / 2 < x1 and y0 < rgb.shape[0] / 2 < y1
+
+
+def test_shipped_models_by_name():
+    from humanseg_batch.model.checkpoint import shipped_weights
+
+    assert set(shipped_weights()) == {"default", "hires"}
+    assert load_checkpoint("default")[1]["sha256"] == load_checkpoint(None)[1]["sha256"]
+    hires = load_checkpoint("hires")[1]
+    assert hires["config"].tag == "unet-mobilenetv2-w8d4-160x128"
+    assert Path(hires["path"]).stat().st_size < 10 * 2 ** 20
