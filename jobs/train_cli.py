@@ -38,6 +38,10 @@ from humanseg_batch.model.unet import UNetConfig
 @click.option("--composites", "composites_per_epoch", default=0, show_default=True,
               help="Synthetic composites per epoch (packed data with cut-outs and backgrounds).")
 @click.option("--no-augment", is_flag=True, help="Only letterbox-style geometry, no colour/blur/noise.")
+@click.option("--channel-swap", default=0.0, show_default=True,
+              help="Probability of permuting the RGB channels (keeps few people from teaching 'this colour = person').")
+@click.option("--distractors", default=0, show_default=True,
+              help="Up to this many recoloured person-free blobs pasted into each composite (mask 0).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
               help="auto: bf16 (or fp16) on CUDA, bf16 on CPUs with native bf16, else fp32.")
@@ -50,7 +54,8 @@ from humanseg_batch.model.unet import UNetConfig
                    "e.g. a project checkpoint.")
 @click.option("--encoder-lr-scale", default=1.0, show_default=True,
               help="Encoder learning rate relative to --lr (e.g. 0.3 to keep pretrained features).")
-def train(data, input_size, base_width, depth, stem_stride, upsample, encoder, no_augment, **opts):
+def train(data, input_size, base_width, depth, stem_stride, upsample, encoder, no_augment, channel_swap, distractors,
+          **opts):
     """Train the person U-Net on DATA: a folder with images/ and masks/ (same file names), a COCO
     instances .json (person category; polygons and RLE), or a packed .npz.
 
@@ -64,8 +69,13 @@ def train(data, input_size, base_width, depth, stem_stride, upsample, encoder, n
                             stem_stride=int(stem_stride), encoder=encoder)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--input-size/--depth/--encoder") from None
-    aug = AugmentConfig(zoom=(0.9, 1.1), rotate=0.0, shift=0.0, colour=0.0, blur=0.0, noise=0.0, grey=0.0) \
-        if no_augment else AugmentConfig()
+    try:
+        aug = AugmentConfig(zoom=(0.9, 1.1), rotate=0.0, shift=0.0, colour=0.0, blur=0.0, noise=0.0, grey=0.0) \
+            if no_augment else AugmentConfig(channel_swap=channel_swap, distractors=(0, distractors))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--channel-swap/--distractors") from None
+    if opts["encoder_lr_scale"] < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--encoder-lr-scale")
     cfg = TrainConfig(data=str(data), model=model, augment=aug, **opts)
     try:
         result = run_training(cfg, log=click.echo)
@@ -76,7 +86,7 @@ def train(data, input_size, base_width, depth, stem_stride, upsample, encoder, n
 
 @click.command("eval")
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Checkpoint (default: the shipped weights).")
+@click.option("--weights", help="Checkpoint file, or a shipped model's name (default, hires). Default: default.")
 @click.option("--csv", "out_csv", type=click.Path(), help="Per-image rows: counts, IoU, Dice, precision, recall, FPR.")
 @click.option("--json", "out_json", type=click.Path(), help="Overall numbers as JSON.")
 @click.option("--coco-images", type=click.Path(exists=True, file_okay=False), help="Image folder of a COCO .json.")

@@ -34,6 +34,12 @@ class AugmentConfig:
     # under the people with mask 0 (bright, person-sized things that are not people)
     distractors: tuple[int, int] = (0, 0)
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.channel_swap <= 1.0:
+            raise ValueError("channel_swap is a probability in [0, 1]")
+        if not 0 <= self.distractors[0] <= self.distractors[1]:
+            raise ValueError("distractors must be (low, high) with 0 <= low <= high")
+
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])

@@ -34,13 +34,23 @@ def shipped_weights() -> dict[str, Path]:
     return {p.stem: p for p in sorted((Path(__file__).resolve().parent / "weights").glob("*.safetensors"))}
 
 
+def is_model_name(text: str) -> bool:
+    """A bare name (no folder separator, no .safetensors suffix, not an existing file) names a shipped model."""
+    return not (Path(text).is_file() or "/" in text or os.sep in text or text.endswith(".safetensors")
+                or "://" in text)
+
+
 def resolve_weights(path: str | os.PathLike | None) -> Path:
-    """None: the default weights; a shipped model's name (not an existing file): that model; else the path."""
+    """None: the default weights; a bare name: that shipped model (CheckpointError if there is none); else the path."""
     if path is None:
         return default_weights_path()
     text = str(path)
-    if not Path(text).exists() and "/" not in text and os.sep not in text and text in shipped_weights():
-        return shipped_weights()[text]
+    if is_model_name(text):
+        shipped = shipped_weights()
+        if text not in shipped:
+            raise CheckpointError(f"no shipped model named {text!r} and no such file "
+                                  f"(shipped models: {', '.join(shipped) or 'none'}; a path needs a / or .safetensors)")
+        return shipped[text]
     return Path(text)
 
 
@@ -100,6 +110,8 @@ def load_checkpoint(path: str | os.PathLike | None = None) -> tuple[UNet, dict]:
     """Load a verified model (eval mode) and its metadata; None means the default weights, a bare
     name one of the shipped models (`shipped_weights()`)."""
     source = resolve_weights(path)
+    if source.is_dir():
+        raise CheckpointError(f"weights path is a folder, not a checkpoint file: {source}")
     if not source.exists():
         if path is None:
             raise CheckpointError("no default weights are installed; pass --weights PATH")

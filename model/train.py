@@ -61,6 +61,10 @@ class TrainConfig:
     init_encoder: str | None = None        # safetensors with the encoder's tensors (embed/stem/downs or encoder.*)
     encoder_lr_scale: float = 1.0          # the encoder's learning rate relative to lr (< 1 to keep pretrained features)
 
+    def __post_init__(self) -> None:
+        if self.encoder_lr_scale < 0:
+            raise ValueError("encoder_lr_scale must be >= 0")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -106,7 +110,9 @@ def _check_config(out: Path, cfg: TrainConfig) -> None:
     path = out / "train_config.json"
     mine = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}
     if cfg.resume and path.exists():
-        saved = {k: v for k, v in json.loads(path.read_text()).items() if k not in _RESUME_FREE}
+        # fields added since the run began take their defaults, so older run folders still resume
+        saved = TrainConfig.from_dict(json.loads(path.read_text())).to_dict()
+        saved = {k: v for k, v in saved.items() if k not in _RESUME_FREE}
         if json.loads(json.dumps(saved)) != json.loads(json.dumps(mine)):
             diff = sorted(k for k in set(saved) | set(mine) if saved.get(k) != json.loads(json.dumps(mine)).get(k))
             raise ValueError(f"{out}: resume with a different config (fields {diff}); use a new --out")
@@ -159,8 +165,9 @@ def _build_model(cfg: TrainConfig, log: Callable[[str], None]) -> UNet:
 
 
 def _optimizer(model: UNet, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW without decay on BN weights and biases; the encoder's groups carry `lr_scale`."""
-    encoder = {id(p) for p in model.encoder_parameters()}
+    """AdamW without decay on BN weights and biases; with encoder_lr_scale != 1 the encoder's parameters get
+    groups of their own carrying `lr_scale` (at 1 the two groups of earlier versions, so their states resume)."""
+    encoder = {id(p) for p in model.encoder_parameters()} if cfg.encoder_lr_scale != 1.0 else set()
     groups = []
     for in_encoder, scale in ((True, cfg.encoder_lr_scale), (False, 1.0)):
         named = [(n, p) for n, p in model.named_parameters() if (id(p) in encoder) == in_encoder]

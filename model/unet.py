@@ -32,7 +32,8 @@ class UNetConfig:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     threshold: float = 0.5
-    upsample: str = "transpose"   # "transpose" (paper: up-convolution) or "bilinear"
+    upsample: str = "transpose"   # "transpose" (paper: up-convolution) or "bilinear"; the mobilenetv2
+                                  # encoder's expansive path always resizes bilinearly
     # 2: a strided 2x2 conv embeds the input at half resolution before the U-Net, and the logits
     # are upsampled x2 at the end: ~4x cheaper, for CPU throughput. 1: the classic full-resolution U-Net.
     stem_stride: int = 1

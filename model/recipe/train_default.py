@@ -5,7 +5,7 @@ Runs in the project's own environment (no teacher tools needed):
     .venv/bin/python model/recipe/train_default.py                       # CPU, ~17 min on 1 thread
     .venv/bin/python model/recipe/train_default.py --device cuda --epochs 150 --composites 3000 --batch-size 64 --workers 12
 Then copy the result into place:
-    .venv/bin/python model/recipe/train_default.py --install RUN/best.safetensors
+    .venv/bin/python model/recipe/train_default.py --install RUN/last.safetensors   # the shipped one: last epoch
 """
 from __future__ import annotations
 

@@ -134,3 +134,7 @@ def test_weights_by_shipped_name_and_a_clear_error_for_unknown_ones(media, tmp_p
     result = CliRunner().invoke(cli, ["run", str(manifest), "-o", str(tmp_path / "o2"), "--weights", "nosuch",
                                       "--executor", "local", "--no-progress"])
     assert result.exit_code == 2 and "shipped models: default, hires" in result.output
+    # submit refuses it before contacting any cluster (nothing listens on port 9)
+    result = CliRunner().invoke(cli, ["submit", str(manifest), "-o", str(tmp_path / "o3"), "--weights", "hirs",
+                                      "--address", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "no shipped model named 'hirs'" in result.output

@@ -256,3 +256,20 @@ def test_channel_swap_permutes_colours_only():
     assert all(sorted(p.tolist()) == [10, 120, 240] for p in swapped)
     assert len({tuple(p.tolist()) for p in swapped}) > 1
     assert _photometric(img, np.random.default_rng(0), plain)[0, 0].tolist() == [10, 120, 240]
+
+
+def test_encoder_groups_follow_the_scale_and_old_run_folders_resume(tmp_path, packed):
+    mb = UNetConfig(encoder="mobilenetv2", depth=2, base_width=8, input_height=64, input_width=64)
+    train(config(tmp_path / "a", packed, model=mb, epochs=1, encoder_lr_scale=0.3), log=lambda s: None)
+    groups = torch.load(latest_state(tmp_path / "a" / "run"), weights_only=True)["optimizer"]["param_groups"]
+    lrs = {g["lr_scale"]: g["lr"] for g in groups}
+    assert set(lrs) == {0.3, 1.0} and lrs[0.3] == pytest.approx(0.3 * lrs[1.0])
+    # a run folder written before encoder/encoder_lr_scale/channel_swap/distractors existed still resumes
+    train(config(tmp_path / "b", packed, epochs=1), log=lambda s: None)
+    path = tmp_path / "b" / "run" / "train_config.json"
+    saved = json.loads(path.read_text())
+    del saved["encoder_lr_scale"], saved["model"]["encoder"], saved["augment"]["channel_swap"], saved["augment"]["distractors"]
+    path.write_text(json.dumps(saved))
+    assert train(config(tmp_path / "b", packed, epochs=2, resume=True), log=lambda s: None).epochs_run == 2
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        config(tmp_path, packed, encoder_lr_scale=-1.0)

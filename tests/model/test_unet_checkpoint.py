@@ -165,3 +165,27 @@ def test_load_encoder_copies_imagenet_style_tensors_and_refuses_partial_files(tm
     save_file(partial, str(tmp_path / "partial.safetensors"))
     with pytest.raises(ValueError, match="lacks"):
         load_encoder(model, str(tmp_path / "partial.safetensors"))
+
+
+def test_every_encoder_tensor_is_in_the_imagenet_file_with_its_shape():
+    # names and shapes of the real file that model/recipe/fetch_encoder.py writes (no weights committed)
+    from pathlib import Path
+    listed = json.loads((Path(__file__).parent / "data" / "mobilenetv2_imagenet_keys.json").read_text())["tensors"]
+    model = build_unet(encoder="mobilenetv2", depth=5, base_width=4, input_height=64, input_width=64)
+    own = {k: list(v.shape) for k, v in model.state_dict().items()
+           if k.startswith("encoder.") and not k.endswith("num_batches_tracked")}
+    assert own and {k: listed.get(k) for k in own} == own
+
+
+def test_weights_resolve_shipped_names_files_and_refuse_folders(tmp_path, monkeypatch):
+    from humanseg_batch.model.checkpoint import resolve_weights, shipped_weights
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hires").mkdir()                 # an output folder named after the model does not shadow it
+    assert resolve_weights("hires") == shipped_weights()["hires"]
+    with pytest.raises(CheckpointError, match="no shipped model named 'hirs'"):
+        resolve_weights("hirs")
+    with pytest.raises(CheckpointError, match="folder"):
+        load_checkpoint("./hires")
+    save_checkpoint(tmp_path / "mine.safetensors", build_unet(base_width=4, depth=2, input_height=32, input_width=32))
+    assert load_checkpoint("mine.safetensors")[1]["config"].depth == 2
