@@ -10,7 +10,7 @@ import time
 import click
 
 from humanseg_batch.model import CheckpointError
-from humanseg_batch.model.checkpoint import is_model_name, shipped_weights
+from humanseg_batch.model.checkpoint import is_model_name, resolve_weights
 from humanseg_batch.pipeline.checkpoint import RunMismatchError, read_run_record
 from humanseg_batch.pipeline.manifest import ManifestError
 from humanseg_batch.pipeline.storage import Storage
@@ -148,12 +148,14 @@ def submit(manifest, config_file, overwrite, working_dir, pip_packages, runtime_
     local = lambda p: p if p is None or "://" in p else os.path.abspath(p)  # noqa: E731
     manifest, config_file = local(manifest), local(config_file)
     weights = flags["weights"]
-    if weights is not None and is_model_name(weights) and weights not in shipped_weights():
-        raise click.BadParameter(f"no shipped model named {weights!r} and no such file (shipped models: "
-                                 f"{', '.join(shipped_weights())})", param_hint="--weights")
-    # a shipped model's name travels as is: the workers resolve it in their own install
-    named = weights is not None and is_model_name(weights)
-    flags["output"], flags["weights"] = local(flags["output"]), weights if named else local(weights)
+    if weights is not None and is_model_name(weights):
+        try:    # a shipped model's name travels as is (the workers resolve it in their own install): check it here
+            resolve_weights(weights)
+        except CheckpointError as exc:
+            raise click.BadParameter(str(exc), param_hint="--weights") from None
+    else:
+        weights = local(weights)
+    flags["output"], flags["weights"] = local(flags["output"]), weights
     args = ["humanseg-batch", "run", manifest]
     by_name = {p.name: p for p in run.params}
     for name, value in flags.items():

@@ -74,9 +74,10 @@ def train(data, input_size, base_width, depth, stem_stride, upsample, encoder, n
             if no_augment else AugmentConfig(channel_swap=channel_swap, distractors=(0, distractors))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--channel-swap/--distractors") from None
-    if opts["encoder_lr_scale"] < 0:
-        raise click.BadParameter("must be >= 0", param_hint="--encoder-lr-scale")
-    cfg = TrainConfig(data=str(data), model=model, augment=aug, **opts)
+    try:
+        cfg = TrainConfig(data=str(data), model=model, augment=aug, **opts)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     try:
         result = run_training(cfg, log=click.echo)
     except ValueError as exc:

@@ -163,9 +163,8 @@ def _distractor(canvas: np.ndarray, source: np.ndarray, rng: np.random.Generator
         cv2.fillPoly(alpha, [cv2.convexHull(pts)], 1.0)
     alpha = cv2.GaussianBlur(alpha, (0, 0), 1.0)[..., None]
     y0, x0 = int(rng.integers(0, max(1, H - bh))), int(rng.integers(0, max(1, W - bw)))
-    region = canvas[y0:y0 + bh, x0:x0 + bw]
-    region[:] = region * (1 - alpha[:region.shape[0], :region.shape[1]]) + \
-        patch[:region.shape[0], :region.shape[1]] * alpha[:region.shape[0], :region.shape[1]]
+    region = canvas[y0:y0 + bh, x0:x0 + bw]          # bh <= 0.7 H and bw <= 0.4 W: always whole
+    region[:] = region * (1 - alpha) + patch * alpha
 
 
 def composite(background: np.ndarray, cutouts: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator,

@@ -207,24 +207,22 @@ class UNet(nn.Module):
 
     def encoder_parameters(self):
         """Parameters of the contracting path (for optional pretrained initialisation)."""
-        if self.config.encoder == "mobilenetv2":
-            yield from self.encoder.parameters()
-            return
-        yield from self.embed.parameters()
-        yield from self.stem.parameters()
-        yield from self.downs.parameters()
+        parts = (self.encoder,) if self.config.encoder == "mobilenetv2" else (self.embed, self.stem, self.downs)
+        for part in parts:
+            yield from part.parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
+    def contract(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The contracting path: feature maps from the finest skip to the deepest level."""
         if self.config.encoder == "mobilenetv2":
-            skips = self.encoder(x)
-            x = skips.pop()
-            for up in self.ups:
-                x = up(x, skips.pop())
-            return F.interpolate(self.head(x), size=size, mode="bilinear", align_corners=False)
+            return self.encoder(x)
         skips = [self.stem(self.embed(x))]
         for down in self.downs:
             skips.append(down(skips[-1]))
+        return skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        skips = self.contract(x)
         x = skips.pop()
         for up in self.ups:
             x = up(x, skips.pop())
