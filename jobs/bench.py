@@ -173,7 +173,8 @@ def bench(weights, video, video_copies, images, image_size, precisions, batch_si
     report: dict = {"startup": {"imports_s": time.time() - process_start_time()}, "conditions": {}, "decode": {},
                     "runs": []}
     t = time.perf_counter()
-    _, info = load_checkpoint(weights)
+    _, info = load_checkpoint(weights, device)
+    weights = info["path"]          # `default` resolved once, for the device asked for
     report["startup"]["weights_load_s"] = time.perf_counter() - t
     c = info["config"]
     H, W = c.input_height, c.input_width

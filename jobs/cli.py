@@ -26,9 +26,9 @@ def run_options(f):
     """Options shared by `run` and `submit` (values left None unless given, so config files can set them)."""
     opts = [
         click.option("--output", "-o", required=True, help="Output folder: a local path or s3://bucket/prefix."),
-        click.option("--weights", help="Model checkpoint (.safetensors), or a shipped model: 'default' (96x128, "
-                                       "fast) or 'hires' (128x160: better masks, about half the CPU throughput). "
-                                       "Default: 'default'."),
+        click.option("--weights", help="Model checkpoint (.safetensors), or a shipped model: 'fast' (for CPUs), "
+                                       "'quality' (larger input, for GPUs: better masks of small people), or "
+                                       "'default': quality when the model runs on CUDA, else fast. [default]"),
         click.option("--batch-size", type=int, help="Frames per model batch [16]."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
                      help="Inference precision [auto: bf16 on CUDA (fp16 if unsupported), bf16 on CPUs with native "

@@ -75,7 +75,7 @@ class Prepared:
 
 
 def model_info(cfg: RunConfig) -> tuple[ModelInfo, str]:
-    model, info = load_checkpoint(cfg.weights)
+    model, info = load_checkpoint(cfg.weights, cfg.device)
     c = info["config"]
     threshold = cfg.threshold if cfg.threshold is not None else c.threshold
     return ModelInfo(name=c.tag,

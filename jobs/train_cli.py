@@ -87,7 +87,8 @@ def train(data, input_size, base_width, depth, stem_stride, upsample, encoder, n
 
 @click.command("eval")
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--weights", help="Checkpoint file, or a shipped model's name (default, hires). Default: default.")
+@click.option("--weights", help="Checkpoint file, or a shipped model's name: fast, quality, or default (quality on "
+                                "CUDA, fast on CPU). Default: default.")
 @click.option("--csv", "out_csv", type=click.Path(), help="Per-image rows: counts, IoU, Dice, precision, recall, FPR.")
 @click.option("--json", "out_json", type=click.Path(), help="Overall numbers as JSON.")
 @click.option("--coco-images", type=click.Path(exists=True, file_okay=False), help="Image folder of a COCO .json.")
@@ -95,14 +96,20 @@ def train(data, input_size, base_width, depth, stem_stride, upsample, encoder, n
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--threshold", type=float, help="Person probability threshold (default: the checkpoint's).")
-def eval_(data, weights, out_csv, out_json, coco_images, device, precision, batch_size, threshold):
-    """Score a checkpoint on labelled DATA (folder with images/ + masks/, COCO .json, or packed .npz):
-    IoU, Dice, precision, recall and false-positive rate per image (--csv) and overall (printed, --json)."""
+@click.option("--sheet", type=click.Path(dir_okay=False),
+              help="Contact sheet PNG of the 24 worst images (red: predicted person, green: true outline).")
+def eval_(data, weights, out_csv, out_json, coco_images, device, precision, batch_size, threshold, sheet):
+    """Score a checkpoint on labelled DATA (folder with images/ + masks/, COCO .json, or packed .npz).
+
+    Per image (--csv): IoU, Dice, precision, recall, false-positive rate and person size. Overall (printed,
+    --json): mean IoU on photos with people, also by person size (small < 2 % of the frame, medium 2-15 %,
+    large > 15 %), and person pixels marked on person-free photos. Mask pixels of value 128 are unknown
+    and not scored."""
     from humanseg_batch.model.evaluate import evaluate
 
     try:
         overall = evaluate(weights, data, out_csv, out_json, device=device, precision=precision,
-                           batch_size=batch_size, threshold=threshold, coco_images=coco_images)
+                           batch_size=batch_size, threshold=threshold, coco_images=coco_images, sheet=sheet)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(overall, indent=2))

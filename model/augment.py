@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from .data import SampleSet
+from .data import UNKNOWN, SampleSet
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,18 @@ def letterbox_size(h: int, w: int, H: int, W: int) -> tuple[float, int, int]:
     return scale, max(1, min(H, round(h * scale))), max(1, min(W, round(w * scale)))
 
 
+def _planes(label: np.ndarray) -> np.ndarray:
+    """0/1/UNKNOWN labels -> two 0/255 planes (person, unknown) that resize and warp like images."""
+    return np.dstack([np.where(label == 1, 255, 0), np.where(label == UNKNOWN, 255, 0)]).astype(np.uint8)
+
+
+def _label(planes: np.ndarray) -> np.ndarray:
+    """Back from `_planes` after resampling: person where its plane is over half, else unknown likewise."""
+    out = (planes[..., 0] > 127).astype(np.uint8)
+    out[(planes[..., 1] > 127) & (out == 0)] = UNKNOWN
+    return out
+
+
 def letterbox(image: np.ndarray, mask: np.ndarray | None, H: int, W: int):
     """Top-left letterbox into a zero canvas, as the Segmenter feeds the model."""
     h, w = image.shape[:2]
@@ -61,7 +73,7 @@ def letterbox(image: np.ndarray, mask: np.ndarray | None, H: int, W: int):
     if mask is None:
         return img, None
     m = np.zeros((H, W), np.uint8)
-    m[:ch, :cw] = cv2.resize(mask * 255, (cw, ch), interpolation=cv2.INTER_LINEAR) > 127
+    m[:ch, :cw] = _label(cv2.resize(_planes(mask), (cw, ch), interpolation=cv2.INTER_LINEAR))
     return img, m
 
 
@@ -71,10 +83,10 @@ def _geometric(image, mask, H, W, rng, cfg: AugmentConfig):
     if scale < 1:  # shrink with area averaging first, like the Segmenter, then warp at scale 1
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
-        mask = cv2.resize(mask * 255, (nw, nh), interpolation=cv2.INTER_AREA)
+        planes = cv2.resize(_planes(mask), (nw, nh), interpolation=cv2.INTER_AREA)
         h, w, scale = nh, nw, 1.0
     else:
-        mask = mask * 255
+        planes = _planes(mask)
     angle = rng.uniform(-cfg.rotate, cfg.rotate)
     if rng.random() < 0.5:   # the Segmenter's layout: content at the top-left
         cx, cy = w * scale / 2, h * scale / 2
@@ -87,7 +99,7 @@ def _geometric(image, mask, H, W, rng, cfg: AugmentConfig):
     m[1, 2] += cy - h / 2
     border = cv2.BORDER_CONSTANT if rng.random() < 0.6 else cv2.BORDER_REFLECT_101
     img = cv2.warpAffine(image, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=(0, 0, 0))
-    msk = cv2.warpAffine(mask, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=0) > 127
+    msk = _label(cv2.warpAffine(planes, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=border, borderValue=0))
     if rng.random() < cfg.flip:
         img, msk = img[:, ::-1], msk[:, ::-1]
     return np.ascontiguousarray(img), np.ascontiguousarray(msk, dtype=np.uint8)

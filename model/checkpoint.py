@@ -17,21 +17,32 @@ from safetensors.torch import load as st_load, save as st_save
 from .unet import UNet, UNetConfig
 
 FORMAT = "humanseg-batch/unet-v1"
-DEFAULT_WEIGHTS_NAME = "default.safetensors"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+TIERS = ("fast", "quality")
+# names that earlier releases shipped, and what now stands in their place
+RENAMED = {"hires": "quality"}
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: wrong format, tampered, or mismatched."""
 
 
-def default_weights_path() -> Path:
-    """Where the shipped default weights live inside the installed package."""
-    return Path(__file__).resolve().parent / "weights" / DEFAULT_WEIGHTS_NAME
+def default_tier(device: str | None = None) -> str:
+    """The tier `default` means: `quality` where the model runs on CUDA, `fast` on CPUs.
+    device: "cuda", "cpu", or None/"auto" for what this process sees."""
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "quality" if str(device).startswith("cuda") else "fast"
+
+
+def default_weights_path(device: str | None = None) -> Path:
+    """The shipped weights `default` resolves to on `device` (see `default_tier`)."""
+    return WEIGHTS_DIR / f"{default_tier(device)}.safetensors"
 
 
 def shipped_weights() -> dict[str, Path]:
-    """Models shipped inside the package, by name ("default", "hires", ...): `--weights NAME` picks one."""
-    return {p.stem: p for p in sorted((Path(__file__).resolve().parent / "weights").glob("*.safetensors"))}
+    """Models shipped inside the package, by name ("fast", "quality"): `--weights NAME` picks one."""
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
 
 
 def is_model_name(text: str) -> bool:
@@ -40,17 +51,19 @@ def is_model_name(text: str) -> bool:
                 or "://" in text)
 
 
-def resolve_weights(path: str | os.PathLike | None) -> Path:
-    """None: the default weights; a bare name: that shipped model (CheckpointError if there is none); else the path."""
-    if path is None:
-        return default_weights_path()
+def resolve_weights(path: str | os.PathLike | None, device: str | None = None) -> Path:
+    """None or 'default': the tier for `device` (see `default_tier`); a bare name: that shipped model
+    (CheckpointError if there is none); else the path."""
+    if path is None or str(path) == "default":
+        return default_weights_path(device)
     text = str(path)
     if is_model_name(text):
         shipped = shipped_weights()
-        if text not in shipped:
-            raise CheckpointError(f"no shipped model named {text!r} and no such file "
-                                  f"(shipped models: {', '.join(shipped) or 'none'}; a path needs a / or .safetensors)")
-        return shipped[text]
+        name = RENAMED.get(text, text)
+        if name not in shipped:
+            raise CheckpointError(f"no shipped model named {text!r} and no such file (shipped models: "
+                                  f"{', '.join(['default'] + list(shipped))}; a path needs a / or .safetensors)")
+        return shipped[name]
     return Path(text)
 
 
@@ -66,9 +79,12 @@ def tensors_hash(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike, model: UNet, extra: dict | None = None) -> str:
-    """Write model weights + config atomically; return the weights hash."""
+def save_checkpoint(path: str | os.PathLike, model: UNet, extra: dict | None = None, half: bool = False) -> str:
+    """Write model weights + config atomically; return the weights hash. half: store floating-point
+    tensors as fp16 (half the file; loading casts them back to the model's fp32)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     digest = tensors_hash(state)
     meta = {"format": FORMAT, "config": model.config.to_json(), "sha256": digest,
             "extra": json.dumps(extra or {}, sort_keys=True)}
@@ -106,10 +122,10 @@ def read_checkpoint(data: bytes, source: str = "checkpoint") -> tuple[UNetConfig
     return config, state, meta
 
 
-def load_checkpoint(path: str | os.PathLike | None = None) -> tuple[UNet, dict]:
-    """Load a verified model (eval mode) and its metadata; None means the default weights, a bare
-    name one of the shipped models (`shipped_weights()`)."""
-    source = resolve_weights(path)
+def load_checkpoint(path: str | os.PathLike | None = None, device: str | None = None) -> tuple[UNet, dict]:
+    """Load a verified model (eval mode) and its metadata; None or 'default' means the tier for `device`
+    (`default_tier`), a bare name one of the shipped models (`shipped_weights()`)."""
+    source = resolve_weights(path, device)
     if source.is_dir():
         raise CheckpointError(f"weights path is a folder, not a checkpoint file: {source}")
     if not source.exists():

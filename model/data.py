@@ -1,7 +1,12 @@
 """Labelled data for training and evaluation: image folders, COCO annotations, packed .npz files.
 
-Everything is held in memory as uint8 RGB images and uint8 {0,1} person masks; the
-augmentation in `model/augment.py` turns them into fixed-size training tensors.
+Everything is held in memory as uint8 RGB images and uint8 label masks: 0 background, 1 person,
+2 unknown (pixels whose label nobody gave, e.g. background people a data set leaves unlabelled: the
+loss and the metrics skip them). The augmentation in `model/augment.py` turns them into fixed-size
+training tensors.
+
+Label files on disk: 0 background, 128 unknown, any other non-zero value person (so plain 0/1 and
+0/255 masks read as they always did).
 """
 from __future__ import annotations
 
@@ -15,6 +20,22 @@ import numpy as np
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PACK_FORMAT = "humanseg-batch/pack-v1"
+UNKNOWN = 2            # label value in memory
+UNKNOWN_LEVEL = 128    # the same in label files and packs
+
+
+def to_label(raw: np.ndarray) -> np.ndarray:
+    """A label file's values (0, 128 unknown, other non-zero person) -> 0/1/UNKNOWN."""
+    out = (raw > 0).astype(np.uint8)
+    out[raw == UNKNOWN_LEVEL] = UNKNOWN
+    return out
+
+
+def to_levels(label: np.ndarray) -> np.ndarray:
+    """0/1/UNKNOWN labels -> 0/255/128 grey levels for PNG files and packs."""
+    out = np.where(label == 1, 255, 0).astype(np.uint8)
+    out[label == UNKNOWN] = UNKNOWN_LEVEL
+    return out
 
 
 @dataclass
@@ -35,7 +56,9 @@ class SampleSet:
         if image.shape[:2] != mask.shape[:2]:
             raise ValueError(f"{name}: image {image.shape[:2]} and mask {mask.shape[:2]} differ in size")
         self.images.append(image)
-        self.masks.append((mask > 0).astype(np.uint8))
+        # values already 0/1/UNKNOWN are kept; anything else non-zero is person
+        self.masks.append(mask if mask.max(initial=0) <= UNKNOWN and mask.dtype == np.uint8
+                          else (mask > 0).astype(np.uint8))
         self.names.append(name)
         self.groups.append(group if group is not None else name)
 
@@ -55,14 +78,14 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a mask file; any non-zero pixel is person."""
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """Read a label file as 0/1/UNKNOWN (128 = unknown, any other non-zero value = person)."""
     m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if m is None:
         raise ValueError(f"cannot read mask {path}")
     if m.ndim == 3:
         m = m[..., 3] if m.shape[2] == 4 else m.max(axis=2)
-    return (m > 0).astype(np.uint8)
+    return to_label(m) if m.dtype == np.uint8 else (m > 0).astype(np.uint8)
 
 
 def folder_pairs(data_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
@@ -83,11 +106,29 @@ def folder_pairs(data_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
 
 
 def load_folder(data_dir: str | os.PathLike) -> SampleSet:
-    """Load a labelled folder (see `folder_pairs`)."""
+    """Load a labelled folder (see `folder_pairs`); optional `cutouts/` (RGBA PNGs of single people) and
+    `backgrounds/` (person-free photos) beside images/ and masks/ become compositing material."""
+    root = Path(data_dir)
     out = SampleSet()
-    for img, mask in folder_pairs(data_dir):
-        out.add(read_rgb(img), read_mask(mask), img.name)
+    for img, mask in folder_pairs(root):
+        out.add(read_rgb(img), read_label(mask), img.name, group_of(img.name))
+    for path in _image_files(root / "cutouts"):
+        rgba = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if rgba is None or rgba.ndim != 3 or rgba.shape[2] != 4:
+            raise ValueError(f"{path}: a cut-out must be an RGBA image")
+        out.cutouts.append((cv2.cvtColor(rgba[..., :3], cv2.COLOR_BGR2RGB), rgba[..., 3].copy()))
+    out.backgrounds.extend(read_rgb(p) for p in _image_files(root / "backgrounds"))
     return out
+
+
+def group_of(name: str) -> str:
+    """Samples named `GROUP__rest` share a group (frames of one clip, crops of one photo): they stay on
+    one side of a train/validation split. Other names are groups of their own."""
+    return name.split("__")[0] if "__" in name else name
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS) if folder.is_dir() else []
 
 
 # ---------------------------------------------------------------- COCO
@@ -213,7 +254,7 @@ def save_pack(path: str | os.PathLike, samples: SampleSet, jpeg_quality: int = 9
     png = [int(cv2.IMWRITE_PNG_COMPRESSION), 9]
     arrays = {"format": np.frombuffer(PACK_FORMAT.encode(), np.uint8)}
     arrays["img_data"], arrays["img_off"] = _encode(samples.images, ".jpg", jpg)
-    arrays["mask_data"], arrays["mask_off"] = _encode([m * 255 for m in samples.masks], ".png", png)
+    arrays["mask_data"], arrays["mask_off"] = _encode([to_levels(m) for m in samples.masks], ".png", png)
     arrays["names"] = np.asarray(samples.names, dtype=np.str_)
     arrays["groups"] = np.asarray(samples.groups, dtype=np.str_)
     cut_rgba = [np.dstack([rgb, alpha]) for rgb, alpha in samples.cutouts]
@@ -235,7 +276,7 @@ def load_pack(path: str | os.PathLike) -> SampleSet:
         masks = _decode(z["mask_data"], z["mask_off"])
         out = SampleSet()
         for img, m, name, group in zip(images, masks, z["names"].tolist(), z["groups"].tolist()):
-            out.add(img, m, name, group)
+            out.add(img, to_label(m), name, group)
         out.cutouts = [(c[..., :3].copy(), c[..., 3].copy()) for c in _decode(z["cut_data"], z["cut_off"])]
         out.backgrounds = _decode(z["bg_data"], z["bg_off"])
     return out

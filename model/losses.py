@@ -6,13 +6,18 @@ import torch
 import torch.nn.functional as F
 
 
+from .data import UNKNOWN   # label value of pixels nobody labelled: no loss, not scored
+
+
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float = 1.0,
                   dice_weight: float = 1.0, eps: float = 1.0) -> torch.Tensor:
-    """BCE for per-pixel calibration plus soft Dice (per image) for the region overlap."""
+    """BCE for per-pixel calibration plus soft Dice (per image) for the region overlap; pixels labelled
+    UNKNOWN count in neither (an unlabelled background person must not be taught as background)."""
     logits = logits.float()
-    target = target.float()
-    bce = F.binary_cross_entropy_with_logits(logits, target)
-    prob = torch.sigmoid(logits).flatten(1)
+    known = (target != UNKNOWN).float()
+    target = (target == 1).float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, weight=known, reduction="sum") / known.sum().clamp(min=1)
+    prob = (torch.sigmoid(logits) * known).flatten(1)
     t = target.flatten(1)
     inter = (prob * t).sum(1)
     dice = 1 - (2 * inter + eps) / (prob.sum(1) + t.sum(1) + eps)
@@ -20,16 +25,21 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, bce_weight: float 
 
 
 def confusion(pred: np.ndarray | torch.Tensor, truth: np.ndarray | torch.Tensor) -> tuple[int, int, int, int]:
-    """(tp, fp, fn, tn) pixel counts of two boolean-like masks."""
+    """(tp, fp, fn, tn) pixel counts of a boolean-like prediction against a truth mask (non-zero = person,
+    except the value UNKNOWN, whose pixels are not counted at all)."""
     if isinstance(pred, torch.Tensor):
-        p, t = pred.bool(), truth.bool()
+        known = truth != UNKNOWN
+        p, t = pred.bool() & known, truth.bool() & known
         tp = int((p & t).sum()); fp = int((p & ~t).sum()); fn = int((~p & t).sum())
-        return tp, fp, fn, p.numel() - tp - fp - fn
-    p, t = np.asarray(pred).astype(bool), np.asarray(truth).astype(bool)
+        return tp, fp, fn, int(known.sum()) - tp - fp - fn
+    truth = np.asarray(truth)
+    known = truth != UNKNOWN
+    p, t = np.asarray(pred).astype(bool), truth.astype(bool)
     if p.shape != t.shape:
         raise ValueError(f"prediction {p.shape} and truth {t.shape} differ in shape")
+    p, t = p & known, t & known
     tp = int(np.count_nonzero(p & t)); fp = int(np.count_nonzero(p & ~t)); fn = int(np.count_nonzero(~p & t))
-    return tp, fp, fn, p.size - tp - fp - fn
+    return tp, fp, fn, int(np.count_nonzero(known)) - tp - fp - fn
 
 
 def scores(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:

@@ -113,7 +113,7 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, path: str | None = None, **kwargs) -> "Segmenter":
-        model, info = load_checkpoint(path)
+        model, info = load_checkpoint(path, kwargs.get("device"))
         return cls(model, weights_sha256=info["sha256"], **kwargs)
 
     def _autocast(self):

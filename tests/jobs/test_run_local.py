@@ -126,14 +126,15 @@ def test_weights_by_shipped_name_and_a_clear_error_for_unknown_ones(media, tmp_p
 
     manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(media["a"]), "id": "a"}])
     out = tmp_path / "out"
-    code, log = run_cli("run", manifest, "-o", out, "--weights", "hires", "--executor", "local", "--no-progress")
+    code, log = run_cli("run", manifest, "-o", out, "--weights", "quality", "--executor", "local", "--no-progress")
     assert code == 0, log
     record = json.loads((out / "_run.json").read_text())
-    assert record["config"]["weights_sha256"] == load_checkpoint("hires")[1]["sha256"]
-    assert read_rows(out)[0]["model"] == "unet-mobilenetv2-w8d4-160x128"
+    quality = load_checkpoint("quality")[1]
+    assert record["config"]["weights_sha256"] == quality["sha256"]
+    assert read_rows(out)[0]["model"] == quality["config"].tag and quality["config"].tag.startswith("quality-")
     result = CliRunner().invoke(cli, ["run", str(manifest), "-o", str(tmp_path / "o2"), "--weights", "nosuch",
                                       "--executor", "local", "--no-progress"])
-    assert result.exit_code == 2 and "shipped models: default, hires" in result.output
+    assert result.exit_code == 2 and "shipped models: default, fast, quality" in result.output
     # submit refuses it before contacting any cluster (nothing listens on port 9)
     result = CliRunner().invoke(cli, ["submit", str(manifest), "-o", str(tmp_path / "o3"), "--weights", "hirs",
                                       "--address", "http://127.0.0.1:9"])

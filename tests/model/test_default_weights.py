@@ -1,4 +1,4 @@
-"""The shipped weights (default and hires): loadable, within the size budget, and still segmenting the bundled samples.
+"""The shipped weights (tiers fast and quality): loadable, within the size budget, and still segmenting the bundled samples.
 
 A regression guard, not a quality claim: astronaut.png and grace_hopper.jpg were in the training pack;
 fruits.jpg is a held-out person-free photo. Held-out quality is measured by model/recipe/measure.py."""
@@ -15,17 +15,20 @@ from humanseg_batch.model import Segmenter, default_weights_path, load_checkpoin
 MEDIA = Path(__file__).resolve().parents[2] / "examples" / "media"
 
 
-@pytest.fixture(scope="module", params=["default", "hires"])
+@pytest.fixture(scope="module", params=["fast", "quality"])
 def segmenter(request):
     torch.set_num_threads(1)
     return Segmenter.from_checkpoint(request.param, device="cpu", precision="fp32")
 
 
-def test_default_weights_are_the_documented_model():
-    path = default_weights_path()
-    assert path.stat().st_size < 10 * 2 ** 20
-    model, info = load_checkpoint(None)
-    assert info["config"].tag == "unet-mobilenetv2-w8d4-128x96"
+def test_default_is_fast_on_cpu_and_quality_on_cuda():
+    assert default_weights_path("cpu").name == "fast.safetensors"
+    assert default_weights_path("cuda").name == "quality.safetensors"
+    for device, tier in (("cpu", "fast"), ("cuda", "quality")):
+        assert load_checkpoint("default", device)[1]["sha256"] == load_checkpoint(tier)[1]["sha256"]
+        assert load_checkpoint(None, device)[1]["config"].name == tier     # the `model` column names the tier
+    model, info = load_checkpoint("fast")
+    assert info["config"].tag.startswith("fast-mobilenetv2-") and info["config"].input_width <= 160
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
 
 
@@ -43,8 +46,10 @@ def test_default_weights_on_the_bundled_samples(segmenter, name, low, high):
 def test_shipped_models_by_name():
     from humanseg_batch.model.checkpoint import shipped_weights
 
-    assert set(shipped_weights()) == {"default", "hires"}
+    assert set(shipped_weights()) == {"fast", "quality"}
     assert load_checkpoint("default")[1]["sha256"] == load_checkpoint(None)[1]["sha256"]
-    hires = load_checkpoint("hires")[1]
-    assert hires["config"].tag == "unet-mobilenetv2-w8d4-160x128"
-    assert Path(hires["path"]).stat().st_size < 10 * 2 ** 20
+    for tier in ("fast", "quality"):
+        info = load_checkpoint(tier)[1]
+        assert info["config"].name == tier and Path(info["path"]).stat().st_size < 10 * 2 ** 20
+    # the name an earlier release shipped still works, as the tier that replaced it
+    assert load_checkpoint("hires")[1]["sha256"] == load_checkpoint("quality")[1]["sha256"]

@@ -128,6 +128,6 @@ def test_eval_command(tmp_path):
     assert json.loads((tmp_path / "o.json").read_text())["person_free_images"] == 1
     assert (tmp_path / "r.csv").read_text().startswith("name,width,height")
     # a shipped model by name
-    result = CliRunner().invoke(eval_, [str(tmp_path / "d"), "--weights", "hires", "--device", "cpu"])
+    result = CliRunner().invoke(eval_, [str(tmp_path / "d"), "--weights", "quality", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["person_free_images"] == 1

@@ -181,11 +181,11 @@ def test_weights_resolve_shipped_names_files_and_refuse_folders(tmp_path, monkey
     from humanseg_batch.model.checkpoint import resolve_weights, shipped_weights
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "hires").mkdir()                 # an output folder named after the model does not shadow it
-    assert resolve_weights("hires") == shipped_weights()["hires"]
+    (tmp_path / "quality").mkdir()               # an output folder named after the model does not shadow it
+    assert resolve_weights("quality") == shipped_weights()["quality"]
     with pytest.raises(CheckpointError, match="no shipped model named 'hirs'"):
         resolve_weights("hirs")
     with pytest.raises(CheckpointError, match="folder"):
-        load_checkpoint("./hires")
+        load_checkpoint("./quality")
     save_checkpoint(tmp_path / "mine.safetensors", build_unet(base_width=4, depth=2, input_height=32, input_width=32))
     assert load_checkpoint("mine.safetensors")[1]["config"].depth == 2
