@@ -11,15 +11,16 @@ import click
 
 from humanseg_batch.model import CheckpointError
 from humanseg_batch.model.checkpoint import is_model_name, resolve_weights
-from humanseg_batch.pipeline.checkpoint import RunMismatchError, read_run_record
+from humanseg_batch.pipeline.ledger import Ledger, RunMismatchError, read_run_record
 from humanseg_batch.pipeline.manifest import ManifestError
 from humanseg_batch.pipeline.storage import Storage
 
 from .config import RunConfig, build_config
-from .runner import EXIT_USAGE, prepare, print_summary
+from .runner import EXIT_FAILED_SHARDS, EXIT_ITEM_ERRORS, EXIT_OK, EXIT_USAGE, prepare, print_summary
 
-EXIT_CODES_HELP = ("Exit codes: 0 all items ok; 3 finished, some items have status=error; "
-                   "4 some shards failed (run `humanseg-batch retry OUT`); 2 usage or input error.")
+EXIT_CODES_HELP = (f"Exit codes: {EXIT_OK} all items ok; {EXIT_ITEM_ERRORS} finished, some items have status=error; "
+                   f"{EXIT_FAILED_SHARDS} some shards failed (run `humanseg-batch retry OUT`); "
+                   f"{EXIT_USAGE} usage or input error.")
 
 
 def run_options(f):
@@ -89,6 +90,7 @@ def execute(cfg: RunConfig, overwrite: bool = False, observers=()) -> int:
         else:
             from .ray_executor import execute_ray
             execute_ray(prep, log=log)
+    prep.summary.count(prep.ledger)
     prep.summary.seconds = time.time() - start
     print_summary(prep.summary, cfg.output, log=log)
     return prep.summary.exit_code
@@ -188,7 +190,7 @@ def submit(manifest, config_file, overwrite, working_dir, pip_packages, runtime_
 @click.option("--endpoint-url", help="S3-compatible endpoint (or HUMANSEG_S3_ENDPOINT_URL).")
 def status(output, as_json, endpoint_url):
     """Show committed / failed / pending shards, row counts, common errors and what to run next."""
-    from .status import format_summary, summarise
+    from .status import format_summary, status_exit_code, summarise
 
     try:
         summary = summarise(output, endpoint_url)
@@ -196,8 +198,7 @@ def status(output, as_json, endpoint_url):
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
-    busy = summary["shards"]["failed"] or summary["shards"]["pending"]
-    sys.exit(4 if busy else (3 if summary["rows"]["error"] else 0))
+    sys.exit(status_exit_code(summary))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -212,8 +213,6 @@ def status(output, as_json, endpoint_url):
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar.")
 def retry(output, errors, **overrides):
     """Re-run the failed and unfinished shards of OUTPUT with its recorded settings."""
-    from humanseg_batch.pipeline.checkpoint import load_state, uncommit
-
     storage = Storage(output, overrides.get("endpoint_url"))
     record = read_run_record(storage)
     if record is None:
@@ -223,10 +222,7 @@ def retry(output, errors, **overrides):
     base = {k: v for k, v in record["config"].items() if k in known}
     cfg = build_config(overrides, base=base)
     if errors:
-        state = load_state(storage)
-        redo = [s for s, m in state.done.items() if m.get("rows_error")]
-        for shard in redo:
-            uncommit(storage, shard)
+        redo = Ledger(storage).uncommit_errors()
         click.echo(f"re-processing {len(redo)} shard(s) with error rows", err=True)
     sys.exit(execute(cfg))
 

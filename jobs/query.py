@@ -1,7 +1,7 @@
 """`humanseg-batch query OUT "SQL"`: DuckDB over the committed output Parquet.
 
-Only shards with a `_shards/<shard>.done.json` marker are read: the file list is built from
-the markers, never from a glob, so a Parquet file left by an interrupted run is invisible.
+Only committed shards are read: the file list comes from the ledger, never from a glob, so a
+Parquet file left by an interrupted run is invisible.
 Views (see docs/query-preview.md): `frames`, `items`, `videos`, `person_segments`, and the
 table macro `person_segments_at(min_fraction)`.
 """
@@ -19,8 +19,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from humanseg_batch.pipeline.ledger import Ledger
 from humanseg_batch.pipeline.storage import Storage, open_uri
-from humanseg_batch.pipeline.write import METADATA_DIR, ROW_SCHEMA, SHARDS_DIR, shard_parquet_path
+from humanseg_batch.pipeline.write import ROW_SCHEMA
 
 from .runner import EXIT_USAGE
 
@@ -96,22 +97,20 @@ def committed_files(storage: Storage) -> list[str]:
     try:
         if not storage.fs.exists(storage.path):
             raise OutputError(f"{storage.root} does not exist")
-        markers = [n[: -len(".done.json")] for n in storage.list(SHARDS_DIR) if n.endswith(".done.json")]
-        present = set(storage.list(METADATA_DIR))
+        files, missing = Ledger(storage).committed_files()
     except OutputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any storage failure (credentials, endpoint) is a user-facing error
         raise OutputError(f"cannot read {storage.root}: {exc}") from None
-    if not markers:
-        raise OutputError(f"{storage.root} holds no committed results (no {SHARDS_DIR}/*.done.json); "
+    if not files and not missing:
+        raise OutputError(f"{storage.root} holds no committed results (no committed shard); "
                           "is it a humanseg-batch output folder, and has a run finished a shard?")
-    missing = [s for s in markers if shard_parquet_path(s).rsplit("/", 1)[-1] not in present]
     if missing:
         click.echo(f"warning: {len(missing)} committed shard(s) have no Parquet file, skipped: "
-                   f"{', '.join(sorted(missing)[:5])}", err=True)
-    paths = [storage.full(shard_parquet_path(s)) for s in sorted(markers) if s not in missing]
-    if not paths:
+                   f"{', '.join(missing[:5])}", err=True)
+    if not files:
         raise OutputError(f"{storage.root} has shard markers but none of their Parquet files")
+    paths = [storage.full(f) for f in files]
     return paths if storage.local else [storage.fs.unstrip_protocol(p) for p in paths]
 
 

@@ -13,18 +13,18 @@ import asyncio
 import os
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import ray
 from ray.exceptions import RayError
 
+from humanseg_batch.pipeline.batching import BatchingSegmenter
+from humanseg_batch.pipeline.ledger import ShardAssembly
 from humanseg_batch.pipeline.plan import ImageUnit, Shard, VideoUnit
 from humanseg_batch.pipeline.process import UnitContext, expand_shard, run_unit
 
-from .local import add_stats
-from .runner import Prepared, ShardCommitter, progress_bar
+from .runner import Prepared, progress_bar
 
 LOCAL_IP = "127.0.0.1"
 
@@ -51,7 +51,7 @@ def connect(address: str | None, log=print) -> None:
 
 @ray.remote(max_restarts=-1, max_task_retries=-1)
 class ModelActor:
-    """Loads the weights once; merges concurrent requests from many units into model batches."""
+    """Loads the weights once; a BatchingSegmenter merges concurrent requests into model batches."""
 
     def __init__(self, model_path, device, precision, batch_size, threshold, compile_, threads):
         import torch
@@ -61,41 +61,14 @@ class ModelActor:
             torch.set_num_threads(threads)
         self.segmenter = Segmenter.from_checkpoint(model_path, device=device, precision=precision,
                                                    batch_size=batch_size, threshold=threshold, compile=compile_)
-        self.max_batch = batch_size
-        self.pending: list[tuple[np.ndarray, asyncio.Future]] = []
-        self.runner: asyncio.Task | None = None
-        self.pool = ThreadPoolExecutor(1)   # the model runs off the event loop, one batch at a time
+        self.batcher = BatchingSegmenter(self.segmenter.infer, batch_size)
 
     def describe(self) -> dict:
         s = self.segmenter
         return {"pid": os.getpid(), "device": str(s.device), "precision": s.precision}
 
     async def infer(self, batch: np.ndarray) -> np.ndarray:
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((batch, future))
-        if self.runner is None or self.runner.done():
-            self.runner = asyncio.ensure_future(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self.pending:
-            await asyncio.sleep(0)          # let concurrent callers add their requests
-            take, size = [], 0
-            while self.pending and (not take or size + len(self.pending[0][0]) <= self.max_batch):
-                take.append(self.pending.pop(0))
-                size += len(take[-1][0])
-            merged = take[0][0] if len(take) == 1 else np.concatenate([b for b, _ in take])
-            try:
-                probs = await loop.run_in_executor(self.pool, self.segmenter.infer, merged)
-            except Exception as exc:  # noqa: BLE001 - hand the error to every caller of the batch
-                for _, fut in take:
-                    fut.set_exception(exc)
-                continue
-            start = 0
-            for batch, fut in take:
-                fut.set_result(probs[start:start + len(batch)])
-                start += len(batch)
+        return await self.batcher.infer(batch)
 
 
 class ActorInference:
@@ -125,13 +98,14 @@ def unit_task(unit, ctx: UnitContext, actors: list, seed: int):
 
 @dataclass
 class ShardProgress:
-    shard: Shard
-    units_left: int = -1            # -1: not expanded yet
-    rows: list = field(default_factory=list)
-    stats: dict = field(default_factory=dict)
-    failed: bool = False
+    """A shard in flight: its assembly, and how much of it the progress bar has been credited."""
+    assembly: ShardAssembly
     chunks: dict = field(default_factory=dict)   # video id -> number of chunk units
     counted: float = 0.0                          # items credited to the progress bar
+
+    @property
+    def shard(self) -> Shard:
+        return self.assembly.shard
 
     def credit(self, bar, amount: float) -> None:
         self.counted += amount
@@ -168,38 +142,33 @@ def execute_ray(prep: Prepared, log=print) -> None:
     # process (imports, ~2 s of CPU) and oversubscribes the cores. Measured: 2 tasks per slot ran
     # vtest at 59-87 frames/s with a new worker per task; 1 per slot reuses the workers.
     in_flight_cap = cfg.decode_tasks or decode_slots
-    scheduler = Scheduler(prep, actors, in_flight_cap)
-    scheduler.info_refs = [a.describe.remote() for a in actors]   # logged when the actors are up
-    scheduler.log = log
-    scheduler.run()
+    Scheduler(prep, actors, in_flight_cap, log).run()
 
 
 class Scheduler:
     """Keeps at most `cap` tasks in flight, commits shards as their last unit lands."""
 
-    def __init__(self, prep: Prepared, actors: list, cap: int):
-        self.prep, self.actors, self.cap = prep, actors, cap
+    def __init__(self, prep: Prepared, actors: list, cap: int, log=print):
+        self.prep, self.actors, self.cap, self.log = prep, actors, cap, log
         self.ctx_ref = ray.put(prep.context)
-        self.committer = ShardCommitter(prep)
         self.shards = list(prep.shards)
         self.todo: list[tuple[ShardProgress, object]] = []       # units ready to submit
         self.running: dict = {}                                   # ref -> (kind, progress, unit)
         self.retries = prep.config.task_retries
         self.frames = 0
-        self.info_refs: list = []
-        self.log = print
+        self.info_refs = [a.describe.remote() for a in actors]   # logged when the actors are up
 
     def _submit_next(self) -> None:
         while len(self.running) < self.cap and (self.todo or self.shards):
             if self.todo:
                 prog, unit = self.todo.pop(0)
-                if prog.failed:
+                if prog.assembly.failed:
                     continue
                 seed = zlib.crc32(describe(unit).encode())
                 ref = unit_task.options(max_retries=self.retries).remote(unit, self.ctx_ref, self.actors, seed)
                 self.running[ref] = ("unit", prog, unit)
             else:
-                prog = ShardProgress(self.shards.pop(0))
+                prog = ShardProgress(self.prep.assemble(self.shards.pop(0)))
                 ref = expand_task.options(max_retries=self.retries).remote(prog.shard, self.ctx_ref)
                 self.running[ref] = ("expand", prog, None)
 
@@ -226,44 +195,30 @@ class Scheduler:
             self.log(f"model actors: {len(info)} on {info[0]['device']} ({info[0]['precision']})")
 
     def _landed(self, kind, prog: ShardProgress, unit, result, bar) -> None:
-        if prog.failed:
+        if prog.assembly.failed:
             return
         if kind == "expand":
             units, rows = result
-            prog.rows.extend(rows)
-            prog.units_left = len(units)
-            prog.stats["units"] = len(units)
             for u in units:
                 if isinstance(u, VideoUnit):
                     prog.chunks[u.item.id] = prog.chunks.get(u.item.id, 0) + 1
             prog.credit(bar, len(rows))    # items that failed planning are done
             # units go to the front: finishing a shard beats starting new ones (bounded driver memory)
             self.todo[:0] = [(prog, u) for u in units]
+            prog.assembly.expanded(units, rows)
         else:
             rows, stats = result
-            self.prep.unit_done(stats["frames"])
-            prog.rows.extend(rows)
-            add_stats(prog.stats, stats)
-            prog.units_left -= 1
             prog.credit(bar, len(unit.items) if isinstance(unit, ImageUnit) else 1 / prog.chunks[unit.item.id])
             self.frames += stats["frames"]
             bar.set_postfix(frames=self.frames, refresh=False)
-        if prog.units_left == 0:
-            try:
-                self.committer.commit(prog.shard, prog.rows, prog.stats)
-            except Exception as exc:  # noqa: BLE001 - storage failure: record it, keep going
-                prog.failed = True
-                self.committer.fail(prog.shard, f"commit failed: {type(exc).__name__}: {exc}")
-            prog.rows = []
+            prog.assembly.landed(rows, stats)
 
     def _fail(self, prog: ShardProgress, unit, exc: Exception, bar) -> None:
-        if prog.failed:
+        if prog.assembly.failed:
             return
-        prog.failed = True
         where = describe(unit) if unit is not None else "planning"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        reason = f"{type(exc).__name__} in {where} after {self.retries} retries: {first_line}"
-        self.committer.fail(prog.shard, reason)
+        prog.assembly.fail(f"{type(exc).__name__} in {where} after {self.retries} retries: {first_line}")
         prog.credit(bar, len(prog.shard.items) - prog.counted)
 
 

@@ -6,17 +6,13 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
-import pyarrow as pa
-
 from humanseg_batch.model import load_checkpoint
-from humanseg_batch.pipeline.checkpoint import (check_or_write_run_record, commit_shard, load_state,
-                                                record_failure, remove_uncommitted)
 from humanseg_batch.pipeline.faults import pause_point
+from humanseg_batch.pipeline.ledger import Ledger, ShardAssembly, check_or_write_run_record, wipe_output
 from humanseg_batch.pipeline.manifest import Manifest, read_manifest
-from humanseg_batch.pipeline.plan import Sampling, Shard, plan_shards
+from humanseg_batch.pipeline.plan import Sampling, Shard
 from humanseg_batch.pipeline.process import ModelInfo, UnitContext
 from humanseg_batch.pipeline.storage import Storage
-from humanseg_batch.pipeline.write import MASKS_DIR, METADATA_DIR, RUN_RECORD, SHARDS_DIR
 
 from .config import RunConfig
 
@@ -47,17 +43,32 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        if self.shards_failed:
-            return EXIT_FAILED_SHARDS
-        return EXIT_ITEM_ERRORS if self.rows_error else EXIT_OK
+        return exit_code(bool(self.shards_failed), bool(self.rows_error))
+
+    def count(self, ledger: Ledger) -> None:
+        """Add what this run committed and failed (the ledger's record of this process)."""
+        for marker in ledger.committed_now:
+            self.shards_committed += 1
+            self.rows_ok += marker["rows_ok"]
+            self.rows_error += marker["rows_error"]
+            self.frames += marker["video_frames"]
+        self.shards_failed.update(ledger.failed_now)
+
+
+def exit_code(unfinished: bool, row_errors: bool) -> int:
+    """The exit code of `run`, `retry` and `status`: unfinished shards first, then error rows."""
+    if unfinished:
+        return EXIT_FAILED_SHARDS
+    return EXIT_ITEM_ERRORS if row_errors else EXIT_OK
 
 
 @dataclass
 class Prepared:
-    """What both executors need: the shards still to do and how to process and commit them."""
+    """What both executors need: the shards still to do, how to process them, and the ledger to commit them."""
     config: RunConfig
     storage: Storage
     manifest: Manifest
+    ledger: Ledger
     shards: list[Shard]
     context: UnitContext
     model_path: str | None
@@ -72,6 +83,10 @@ class Prepared:
             self.summary.first_result_s = now - self.started
         for observe in self.observers:
             observe(frames, now)
+
+    def assemble(self, shard: Shard) -> ShardAssembly:
+        """The assembly an executor feeds with this shard's units; it commits when complete."""
+        return ShardAssembly(shard, self.ledger, on_unit=self.unit_done)
 
 
 def model_info(cfg: RunConfig) -> tuple[ModelInfo, str]:
@@ -91,14 +106,6 @@ def run_record(cfg: RunConfig, model: ModelInfo, manifest: Manifest) -> dict:
             "created": time.time(), "runs": 1}
 
 
-def wipe_output(storage: Storage) -> None:
-    """--overwrite: delete this tool's files under OUT (nothing else)."""
-    for rel in (MASKS_DIR, METADATA_DIR, SHARDS_DIR):
-        if storage.exists(rel):
-            storage.fs.rm(storage.full(rel), recursive=True)
-    storage.remove(RUN_RECORD)
-
-
 def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float | None = None) -> Prepared:
     storage = Storage(cfg.output, cfg.endpoint_url)
     model, model_path = model_info(cfg)
@@ -107,55 +114,21 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
     if overwrite:
         wipe_output(storage)
     check_or_write_run_record(storage, run_record(cfg, model, manifest), list(RunConfig.COMPAT))
-    state = load_state(storage)
-    leftovers = remove_uncommitted(storage, state)
+    ledger = Ledger(storage, manifest)
+    leftovers = ledger.remove_leftovers()
     if leftovers:
         log(f"removed {len(leftovers)} uncommitted shard file(s) left by an interrupted run")
-    done_ids = state.done_ids
-    shards = plan_shards(manifest, cfg.shard_size, done_ids)
+    shards = ledger.plan(cfg.shard_size)
     pause_point("planned")
+    done_ids = ledger.done_ids
     manifest_ids = set(manifest.items.column("id").to_pylist())
-    summary = RunSummary(shards_total=len(shards) + len(state.done), shards_skipped=len(state.done),
+    summary = RunSummary(shards_total=len(shards) + len(ledger.done), shards_skipped=len(ledger.done),
                          items=sum(len(s.items) for s in shards), duplicates=manifest.duplicates,
                          removed_from_manifest=len(done_ids - manifest_ids))
     ctx = UnitContext(output=storage, model=model, endpoint_url=cfg.endpoint_url, max_pixels=cfg.max_image_pixels,
                       sampling=Sampling(cfg.sample_every, cfg.sample_fps), chunk_seconds=cfg.video_chunk_seconds,
                       images_per_unit=cfg.images_per_unit, rle=cfg.rle)
-    return Prepared(cfg, storage, manifest, shards, ctx, model_path, summary, started=started or time.time())
-
-
-class ShardCommitter:
-    """Driver-side bookkeeping: commit a shard once all its rows are in, or record why it failed."""
-
-    def __init__(self, prep: Prepared):
-        self.prep = prep
-        self._positions = {p: k for k, p in enumerate(prep.manifest.items.column("position").to_pylist())}
-
-    def _extras(self, shard: Shard) -> pa.Table:
-        positions = [i.position for i in shard.items]
-        rows = pa.table({"manifest_row": pa.array(positions, pa.int64())})
-        extras = self.prep.manifest.extras
-        if extras.num_columns == 0:
-            return rows
-        taken = extras.take(pa.array([self._positions[p] for p in positions], pa.int64()))
-        for name in taken.column_names:
-            rows = rows.append_column(name, taken.column(name))
-        return rows
-
-    def commit(self, shard: Shard, rows: list[dict], stats: dict) -> None:
-        s = self.prep.summary
-        ok = sum(r["status"] == "ok" for r in rows)
-        video_frames = sum(r["frame_index"] is not None for r in rows)
-        stats = dict(stats, rows_ok=ok, rows_error=len(rows) - ok, video_frames=video_frames)
-        commit_shard(self.prep.storage, shard.name, [i.id for i in shard.items], rows, self._extras(shard), stats)
-        s.shards_committed += 1
-        s.rows_ok += ok
-        s.rows_error += len(rows) - ok
-        s.frames += video_frames
-
-    def fail(self, shard: Shard, reason: str) -> None:
-        record_failure(self.prep.storage, shard.name, reason, [i.id for i in shard.items])
-        self.prep.summary.shards_failed[shard.name] = reason
+    return Prepared(cfg, storage, manifest, ledger, shards, ctx, model_path, summary, started=started or time.time())
 
 
 def print_summary(summary: RunSummary, output: str, log=print) -> None:

@@ -5,11 +5,12 @@ import collections
 
 import pyarrow.dataset as ds
 
-from humanseg_batch.pipeline.checkpoint import load_state, read_run_record
+from humanseg_batch.pipeline.ledger import Ledger, read_run_record
 from humanseg_batch.pipeline.manifest import ManifestError, read_manifest
-from humanseg_batch.pipeline.plan import plan_shards
 from humanseg_batch.pipeline.storage import Storage
 from humanseg_batch.pipeline.write import shard_parquet_path
+
+from .runner import exit_code
 
 
 def common_errors(storage: Storage, shards: list[str], top: int = 5) -> list[tuple[str, int]]:
@@ -29,31 +30,33 @@ def summarise(output: str, endpoint_url: str | None = None) -> dict:
     record = read_run_record(storage)
     if record is None:
         raise FileNotFoundError(f"{output} holds no humanseg-batch run (no _run.json)")
-    state = load_state(storage)
     cfg = record["config"]
-    pending, manifest_problem = None, None
+    manifest, manifest_problem = None, None
     try:
         manifest = read_manifest(cfg["manifest"], endpoint_url or cfg.get("endpoint_url"))
-        planned = plan_shards(manifest, cfg["shard_size"], state.done_ids)
-        pending = len([s for s in planned if s.name not in state.failed])
     except (ManifestError, OSError) as exc:
         manifest_problem = str(exc)
-    markers = state.done.values()
-    error_shards = [s for s, m in state.done.items() if m.get("rows_error")]
+    ledger = Ledger(storage, manifest)
+    pending = ledger.pending(cfg["shard_size"]) if manifest is not None else None
+    markers = ledger.done.values()
     summary = {
         "output": output, "manifest": cfg["manifest"], "model": cfg.get("model"),
         "weights_sha256": cfg.get("weights_sha256"), "runs": record.get("runs", 1),
-        "shards": {"committed": len(state.done), "failed": len(state.failed), "pending": pending},
+        "shards": {"committed": len(ledger.done), "failed": len(ledger.failed), "pending": pending},
         "rows": {"ok": sum(m.get("rows_ok", 0) for m in markers), "error": sum(m.get("rows_error", 0) for m in markers)},
         "items_committed": sum(len(m.get("ids", ())) for m in markers),
         # video frame rows; markers written before `video_frames` existed only have `frames` (images too)
         "frames": sum(m.get("video_frames", m.get("frames", 0)) for m in markers),
-        "failed_shards": {s: f.get("reason", "").split("\n", 1)[0] for s, f in sorted(state.failed.items())},
-        "common_errors": [{"error": e, "rows": n} for e, n in common_errors(storage, error_shards)],
+        "failed_shards": {s: f.get("reason", "").split("\n", 1)[0] for s, f in sorted(ledger.failed.items())},
+        "common_errors": [{"error": e, "rows": n} for e, n in common_errors(storage, ledger.shards_with_errors())],
         "manifest_problem": manifest_problem,
     }
     summary["next"] = next_step(summary)
     return summary
+
+
+def status_exit_code(s: dict) -> int:
+    return exit_code(bool(s["shards"]["failed"] or s["shards"]["pending"]), bool(s["rows"]["error"]))
 
 
 def next_step(s: dict) -> str:

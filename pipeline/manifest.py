@@ -36,9 +36,16 @@ class Manifest:
     extras: pa.Table                     # the manifest's other columns, aligned with items
     fingerprint: str                     # sha256 of the manifest bytes
     duplicates: list[str] = field(default_factory=list)   # ids seen more than once (kept once)
+    _rows: dict[int, int] | None = field(default=None, repr=False, compare=False)   # position -> row
 
     def __len__(self) -> int:
         return self.items.num_rows
+
+    def extras_at(self, positions: list[int]) -> pa.Table:
+        """The extra columns of the items at these manifest positions, one row per position."""
+        if self._rows is None:
+            self._rows = {p: k for k, p in enumerate(self.items.column("position").to_pylist())}
+        return self.extras.take(pa.array([self._rows[p] for p in positions], pa.int64()))
 
 
 def guess_media_type(uri: str) -> str:

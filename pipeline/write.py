@@ -1,11 +1,9 @@
-"""Output layout, mask files and Parquet rows. The only place that knows a path rule.
+"""Output layout, mask files and Parquet rows: every path rule of OUT except the run record and
+the shard markers, which belong to the ledger (pipeline/ledger.py).
 
-    OUT/_run.json                          the run record (config, weights hash, version)
     OUT/masks/<kk>/<slug>-<hash>.png       one mask per image (0 background, 255 person)
     OUT/masks/<kk>/<slug>-<hash>/chunk-<c>.mkv   a video chunk's masks, lossless FFV1, frame `mask_frame`
     OUT/metadata/<shard>.parquet           one row per image / processed frame
-    OUT/_shards/<shard>.done.json          completion marker, written last, with the shard's stats
-    OUT/_shards/<shard>.failed.json        why a shard failed (removed when it commits)
 """
 from __future__ import annotations
 
@@ -20,10 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-RUN_RECORD = "_run.json"
 MASKS_DIR = "masks"
 METADATA_DIR = "metadata"
-SHARDS_DIR = "_shards"
 
 ROW_SCHEMA = pa.schema([
     ("id", pa.string()), ("uri", pa.string()), ("media_type", pa.string()),
@@ -58,10 +54,6 @@ def chunk_mask_path(item_id: str, chunk: int) -> str:
 
 def shard_parquet_path(shard: str) -> str:
     return f"{METADATA_DIR}/{shard}.parquet"
-
-
-def shard_marker_path(shard: str, kind: str = "done") -> str:
-    return f"{SHARDS_DIR}/{shard}.{kind}.json"
 
 
 def coco_rle(mask: np.ndarray) -> str:
@@ -142,23 +134,18 @@ def read_mask(mask_uri: str, mask_frame: int | None = None, endpoint_url: str | 
     raise ValueError(f"{mask_uri} has no frame {mask_frame}")
 
 
-def rows_table(rows: list[dict], extras: pa.Table | None = None) -> pa.Table:
-    """Rows (dicts keyed like ROW_SCHEMA) sorted by manifest row and frame, joined with manifest extras.
-
-    `extras` holds the manifest's extra columns for these rows' manifest positions, plus a
-    `manifest_row` column to join on. A name that clashes with an output column gets `manifest_`.
-    """
+def rows_table(rows: list[dict]) -> pa.Table:
+    """Rows (dicts keyed like ROW_SCHEMA) sorted by manifest row and frame."""
     rows = sorted(rows, key=lambda r: (r["manifest_row"], -1 if r.get("frame_index") is None else r["frame_index"]))
-    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
-    if extras is None or extras.num_columns <= 1:
-        return table
-    lookup = {p: k for k, p in enumerate(extras.column("manifest_row").to_pylist())}
-    take = pa.array([lookup[r] for r in table.column("manifest_row").to_pylist()], pa.int64())
+    return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+
+
+def with_extras(table: pa.Table, extras: pa.Table) -> pa.Table:
+    """`table` with the manifest's extra columns, one extras row per table row; a name that clashes
+    with an output column gets `manifest_`."""
     for name in extras.column_names:
-        if name == "manifest_row":
-            continue
         out_name = f"manifest_{name}" if name in ROW_SCHEMA.names else name
-        table = table.append_column(out_name, extras.column(name).take(take))
+        table = table.append_column(out_name, extras.column(name))
     return table
 
 

@@ -25,11 +25,10 @@ def peak_rss_mib() -> float:
 
 
 def bench_plan(rows: int, shard_size: int) -> dict:
-    from humanseg_batch.pipeline.checkpoint import load_state
+    from humanseg_batch.pipeline.ledger import Ledger
     from humanseg_batch.pipeline.manifest import read_manifest
     from humanseg_batch.pipeline.plan import plan_shards
     from humanseg_batch.pipeline.storage import Storage
-    from humanseg_batch.pipeline.write import shard_marker_path
 
     work = Path(tempfile.mkdtemp(prefix="hsb-plan-"))
     manifest = work / "manifest.csv"
@@ -42,13 +41,12 @@ def bench_plan(rows: int, shard_size: int) -> dict:
     shards = plan_shards(m, shard_size)
     first = time.perf_counter() - t
     out = Storage(str(work / "out"))
-    for shard in shards[: len(shards) // 2]:   # half committed, as after an interrupted run
-        marker = {"ids": [i.id for i in shard.items], "rows_ok": len(shard.items), "rows_error": 0}
-        out.write_bytes(shard_marker_path(shard.name), json.dumps(marker).encode())
+    ledger = Ledger(out)
+    for shard in shards[: len(shards) // 2]:   # half committed (no rows), as after an interrupted run
+        ledger.commit(shard, [], {})
     t = time.perf_counter()
     m = read_manifest(str(manifest))
-    state = load_state(out)
-    pending = plan_shards(m, shard_size, state.done_ids)
+    pending = Ledger(out, m).plan(shard_size)
     resume = time.perf_counter() - t
     assert [s.name for s in pending] == [s.name for s in shards[len(shards) // 2:]]
     return {"rows": rows, "shards": len(shards), "plan_s": round(first, 2), "resume_s": round(resume, 2),

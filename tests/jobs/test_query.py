@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from humanseg_batch.jobs.cli import cli
 from humanseg_batch.jobs.query import query
-from humanseg_batch.pipeline.checkpoint import commit_shard
+from humanseg_batch.pipeline.ledger import Ledger
+from humanseg_batch.pipeline.plan import Item, Shard
 from humanseg_batch.pipeline.storage import Storage
 from humanseg_batch.pipeline.write import parquet_bytes, rows_table, shard_parquet_path
 from mediagen import make_image, make_video, write_manifest
@@ -169,8 +170,10 @@ def designed_out(tmp_path_factory):
     photos = [frame_row(k, "shard-b", 2 + n, "image", fraction=f) for n, (k, f) in enumerate(PHOTOS.items())]
     photos += [frame_row(k, "shard-b", 5 + n, "image", status="error", error="file not found")
                for n, k in enumerate(["lost1.jpg", "lost2.jpg"])]
-    commit_shard(storage, "shard-a", ["cam1.mp4", "cam2.mp4"], cam1 + cam2, None, {})
-    commit_shard(storage, "shard-b", [*PHOTOS, "lost1.jpg", "lost2.jpg"], photos, None, {})
+    ledger = Ledger(storage)
+    shard = lambda name, ids: Shard(name, tuple(Item(k, i, i, "auto") for k, i in enumerate(ids)))  # noqa: E731
+    ledger.commit(shard("shard-a", ["cam1.mp4", "cam2.mp4"]), cam1 + cam2, {})
+    ledger.commit(shard("shard-b", [*PHOTOS, "lost1.jpg", "lost2.jpg"]), photos, {})
     return out
 
 

@@ -1,0 +1,221 @@
+"""A shard's life in OUT, from plan to commit. The only code that names or reads shard markers.
+
+    OUT/_run.json                    the run record: settings that change results, checked on resume
+    OUT/_shards/<shard>.done.json    a committed shard, written after its masks and Parquet (stats + ids)
+    OUT/_shards/<shard>.failed.json  why a shard failed (removed when it commits)
+
+A Parquet file without a done marker is a leftover of an interrupted run and is removed before
+new work starts; the shard is then redone whole. Executors only feed a `ShardAssembly` the
+rows of each unit; the assembly commits through the ledger when the last unit is in.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
+
+from .faults import pause_point
+from .manifest import Manifest
+from .plan import Shard, plan_shards
+from .storage import Storage
+from .write import MASKS_DIR, METADATA_DIR, parquet_bytes, rows_table, shard_parquet_path, with_extras
+
+RUN_RECORD = "_run.json"
+SHARDS_DIR = "_shards"
+DONE, FAILED = "done", "failed"
+
+
+class RunMismatchError(ValueError):
+    """OUT holds a run made with settings that would give different results."""
+
+
+def _marker_path(shard: str, kind: str = DONE) -> str:
+    return f"{SHARDS_DIR}/{shard}.{kind}.json"
+
+
+def _parse_marker_name(name: str) -> tuple[str, str] | None:
+    """(shard, kind) of a file name under _shards/, or None for anything else."""
+    for kind in (DONE, FAILED):
+        suffix = f".{kind}.json"
+        if name.endswith(suffix):
+            return name[: -len(suffix)], kind
+    return None
+
+
+def read_run_record(storage: Storage) -> dict | None:
+    if not storage.exists(RUN_RECORD):
+        return None
+    return json.loads(storage.read_bytes(RUN_RECORD))
+
+
+def check_or_write_run_record(storage: Storage, record: dict, compat_keys: list[str]) -> dict | None:
+    """Write the run record, or check that an existing one has the same result-changing settings."""
+    old = read_run_record(storage)
+    if old is not None:
+        diffs = [f"{k}: {old.get('config', {}).get(k)!r} -> {record['config'].get(k)!r}"
+                 for k in compat_keys if old.get("config", {}).get(k) != record["config"].get(k)]
+        if diffs:
+            raise RunMismatchError(
+                f"{storage.root} already holds a run with different settings ({'; '.join(diffs)}). "
+                "Use another --output, or pass --overwrite to delete its results and start over.")
+        record = dict(record, created=old.get("created", record.get("created")), runs=old.get("runs", 0) + 1)
+    storage.write_bytes(RUN_RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
+    return old
+
+
+def wipe_output(storage: Storage) -> None:
+    """--overwrite: delete this tool's files under OUT (nothing else)."""
+    for rel in (MASKS_DIR, METADATA_DIR, SHARDS_DIR):
+        if storage.exists(rel):
+            storage.fs.rm(storage.full(rel), recursive=True)
+    storage.remove(RUN_RECORD)
+
+
+class Ledger:
+    """What OUT holds shard by shard (committed, failed), and every change to it."""
+
+    def __init__(self, storage: Storage, manifest: Manifest | None = None):
+        self.storage = storage
+        self.manifest = manifest                # its extra columns join the rows at commit
+        self.committed_now: list[dict] = []     # markers written by this process (the run summary)
+        self.failed_now: dict[str, str] = {}    # shard -> reason, by this process
+
+    @cached_property
+    def _markers(self) -> tuple[dict[str, dict], dict[str, dict]]:
+        names = [n for n in self.storage.list(SHARDS_DIR) if _parse_marker_name(n)]
+        blobs = self.storage.read_many([f"{SHARDS_DIR}/{n}" for n in names])
+        done: dict[str, dict] = {}
+        failed: dict[str, dict] = {}
+        for rel, blob in blobs.items():
+            shard, kind = _parse_marker_name(rel.rsplit("/", 1)[-1])
+            (done if kind == DONE else failed)[shard] = json.loads(blob)
+        for shard in done:
+            failed.pop(shard, None)
+        return done, failed
+
+    @property
+    def done(self) -> dict[str, dict]:
+        """Committed shard -> its marker (stats + ids)."""
+        return self._markers[0]
+
+    @property
+    def failed(self) -> dict[str, dict]:
+        """Failed shard -> its failure record (never a committed one)."""
+        return self._markers[1]
+
+    @property
+    def done_ids(self) -> set[str]:
+        return {i for marker in self.done.values() for i in marker.get("ids", ())}
+
+    def plan(self, shard_size: int) -> list[Shard]:
+        """The shards still to do: the manifest's items not yet committed, regrouped as first planned."""
+        return plan_shards(self.manifest, shard_size, self.done_ids)
+
+    def pending(self, shard_size: int) -> int:
+        """Shards neither committed nor failed."""
+        return len([s for s in self.plan(shard_size) if s.name not in self.failed])
+
+    def remove_leftovers(self) -> list[str]:
+        """Delete Parquet files of shards without a marker (leftovers of an interrupted run)."""
+        removed = []
+        for name in self.storage.list(METADATA_DIR):
+            if name.endswith(".parquet") and name[: -len(".parquet")] not in self.done:
+                self.storage.remove(f"{METADATA_DIR}/{name}")
+                removed.append(name)
+        return removed
+
+    def committed_files(self) -> tuple[list[str], list[str]]:
+        """Parquet files (relative paths) of the committed shards, and committed shards whose file is
+        missing. From listings only, so a Parquet file left by an interrupted run is never among them."""
+        parsed = (_parse_marker_name(n) for n in self.storage.list(SHARDS_DIR))
+        shards = sorted(p[0] for p in parsed if p and p[1] == DONE)
+        present = {f"{METADATA_DIR}/{n}" for n in self.storage.list(METADATA_DIR)}
+        files = [shard_parquet_path(s) for s in shards]
+        return [f for f in files if f in present], [s for s, f in zip(shards, files) if f not in present]
+
+    def shards_with_errors(self) -> list[str]:
+        return [s for s, m in self.done.items() if m.get("rows_error")]
+
+    def commit(self, shard: Shard, rows: list[dict], stats: dict) -> dict:
+        """Write the shard's Parquet, then its marker (last). Masks must already be written."""
+        ok = sum(r["status"] == "ok" for r in rows)
+        video_frames = sum(r["frame_index"] is not None for r in rows)
+        table = rows_table(rows)
+        if self.manifest is not None:
+            table = with_extras(table, self.manifest.extras_at(table.column("manifest_row").to_pylist()))
+        self.storage.write_bytes(shard_parquet_path(shard.name), parquet_bytes(table))
+        pause_point("commit")
+        marker = dict(stats, rows_ok=ok, rows_error=len(rows) - ok, video_frames=video_frames, shard=shard.name,
+                      rows=table.num_rows, ids=[i.id for i in shard.items], committed_at=time.time())
+        self.storage.write_bytes(_marker_path(shard.name), json.dumps(marker).encode())
+        self.storage.remove(_marker_path(shard.name, FAILED))
+        self.done[shard.name] = marker
+        self.failed.pop(shard.name, None)
+        self.committed_now.append(marker)
+        return marker
+
+    def fail(self, shard: Shard, reason: str) -> None:
+        record = {"shard": shard.name, "reason": reason, "ids": [i.id for i in shard.items], "failed_at": time.time()}
+        self.storage.write_bytes(_marker_path(shard.name, FAILED), json.dumps(record).encode())
+        self.failed[shard.name] = record
+        self.failed_now[shard.name] = reason
+
+    def uncommit_errors(self) -> list[str]:
+        """Take back the committed shards that have error rows (`retry --errors`); return their names.
+        Marker first, so a crash in between leaves a shard merely unfinished."""
+        shards = self.shards_with_errors()
+        for shard in shards:
+            self.storage.remove(_marker_path(shard))
+            self.storage.remove(shard_parquet_path(shard))
+            del self.done[shard]
+        return shards
+
+
+@dataclass
+class ShardAssembly:
+    """One shard's rows and stats as its units land; it commits through the ledger once the last is in."""
+
+    shard: Shard
+    ledger: Ledger
+    on_unit: Callable[[int], None] = lambda frames: None   # called with each landed unit's frame count
+    rows: list[dict] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    units_left: int = -1            # -1: not expanded yet
+    failed: bool = False
+
+    def expanded(self, units: list, rows: list[dict]) -> None:
+        """The shard's work units are known; `rows` are the items that failed while planning them."""
+        if self.failed:
+            return
+        self.rows.extend(rows)
+        self.units_left = len(units)
+        self.stats["units"] = len(units)
+        self._commit_if_complete()
+
+    def landed(self, rows: list[dict], stats: dict) -> None:
+        """One unit's rows (masks already written) and timings."""
+        if self.failed:
+            return
+        self.on_unit(stats["frames"])
+        self.rows.extend(rows)
+        for k, v in stats.items():
+            self.stats[k] = self.stats.get(k, 0) + v
+        self.units_left -= 1
+        self._commit_if_complete()
+
+    def fail(self, reason: str) -> None:
+        if not self.failed:
+            self.failed = True
+            self.rows = []
+            self.ledger.fail(self.shard, reason)
+
+    def _commit_if_complete(self) -> None:
+        if self.units_left != 0 or self.failed:
+            return
+        try:
+            self.ledger.commit(self.shard, self.rows, self.stats)
+        except Exception as exc:  # noqa: BLE001 - storage failure: this shard fails, the run goes on
+            self.fail(f"commit failed: {type(exc).__name__}: {exc}")
+        self.rows = []
