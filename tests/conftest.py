@@ -25,6 +25,29 @@ def tiny_weights(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def busy_weights(tmp_path_factory) -> str:
+    """A random small U-Net whose last layer is rescaled so that its logits spread around 0.
+
+    A randomly initialised model calls every pixel person (p ~ 0.59 everywhere); tests that compare
+    masks need masks with edges, which this one gives: 30-60 % person, varying with the content.
+    """
+    import numpy as np
+    import torch
+
+    torch.manual_seed(0)
+    model = build_unet(base_width=4, depth=2, input_height=32, input_width=48).eval()
+    x = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (8, 3, 32, 48)).astype(np.float32))
+    with torch.no_grad():
+        logits = model(x)
+        scale, centre = 3.0 / logits.std(), logits.median()
+        model.head.weight.mul_(scale)
+        model.head.bias.sub_(centre).mul_(scale)
+    path = tmp_path_factory.mktemp("weights") / "busy.safetensors"
+    save_checkpoint(path, model)
+    return str(path)
+
+
 @pytest.fixture
 def media(tmp_path) -> dict[str, Path]:
     """A few images of different sizes and two videos spanning several 1-second chunks."""
