@@ -2,17 +2,19 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU wheel for the setup/CI path; pyproject keeps an open range for GPU users.
-TORCH_PIN ?= torch==2.13.0
+# The setup/CI path's CPU torch is pinned in constraints-cpu.txt, given to every pip call so that no
+# dependency's resolution can replace it, and checked at the end; pyproject keeps an open range for GPU users.
+CONSTRAINTS ?= constraints-cpu.txt
+PIP := $(PY) -m pip install -q -c $(CONSTRAINTS)
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PIP) --upgrade pip
+	$(PIP) -e '.[test]'
+	$(PY) .ci/check_torch.py
 	touch $(STAMP)
 
 install: $(STAMP)
