@@ -134,16 +134,24 @@ def in_build_context(path: str, patterns: list[str]) -> bool:
 
 
 def torch_pins_of_setup_path() -> set[str]:
-    """torch==X pins in the Makefile and CI scripts; the installed torch while those do not exist yet."""
-    candidates = [REPO / "Makefile", *sorted((REPO / ".ci").glob("*"))]
-    pins = {m.group(1) for path in candidates if path.is_file()
-            for m in re.finditer(r"torch==([\w.]+)", path.read_text())}
-    if not pins:
-        try:
-            pins = {importlib.metadata.version("torch").split("+")[0]}
-        except importlib.metadata.PackageNotFoundError:
-            pytest.skip("no torch pin in Makefile/.ci and torch not installed")
+    """torch==X in constraints-cpu.txt, which make install, .ci/run and the wheel check give to every pip call."""
+    text = (REPO / "constraints-cpu.txt").read_text()
+    pins = set(re.findall(r"^torch==([\w.]+)\s*$", text, re.M))
+    assert len(pins) == 1, f"constraints-cpu.txt should pin torch exactly once, found {sorted(pins)}"
     return pins
+
+
+def test_every_pip_call_of_the_setup_path_takes_the_constraints():
+    """A pip call without them lets the resolver replace the pinned CPU torch (seen: 2.14.1 + CUDA, 6.4 GB)."""
+    calls = []
+    for path in [REPO / "Makefile", *sorted((REPO / ".ci").glob("*"))]:
+        text = re.sub(r"\\\n", " ", path.read_text())
+        calls += [(path.name, line) for line in text.splitlines()
+                  if re.search(r"pip(3)?\b.*\binstall\b", line) and not line.lstrip().startswith("#")]
+    assert calls, "no pip install found in the Makefile or .ci/"
+    for name, line in calls:
+        assert re.search(r"-c\s+(\S*constraints-cpu\.txt|\$\(CONSTRAINTS\))", line), (
+            f"{name}: `{line.strip()}` runs pip without -c constraints-cpu.txt")
 
 
 # Ubuntu releases to the python3 they ship, for CUDA images that install Python with apt.
