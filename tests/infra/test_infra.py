@@ -195,10 +195,14 @@ def test_dockerfile_installs_the_project_from_copied_source(dockerfile):
     needed = {"pyproject.toml", project["readme"], *PYPROJECT["tool"]["setuptools"]["package-dir"].values()}
     missing = needed - set(sources)
     assert not missing, f"{dockerfile.name} does not COPY {sorted(missing)}, which `pip install .` needs"
+    # the folder pyproject.toml was copied into, as `pip install` would name it
+    project_dir = next(shlex.split(rest)[-1] for kw, rest in instructions
+                       if kw == "COPY" and "pyproject.toml" in shlex.split(rest)[:-1])
+    targets = {project_dir, project_dir.rstrip("/")}  # "./" -> ".", "/src/" -> "/src"
     runs = [shlex.split(rest) for kw, rest in instructions if kw == "RUN"]
-    installs_dot = any(words[i:i + 2] == ["pip", "install"] and "." in words[i + 2:]
-                       for words in runs for i in range(len(words)))
-    assert installs_dot, f"{dockerfile.name} never runs `pip install .` on the copied source"
+    installs_source = any(words[i:i + 2] == ["pip", "install"] and targets & set(words[i + 2:])
+                          for words in runs for i in range(len(words)))
+    assert installs_source, f"{dockerfile.name} never runs `pip install {project_dir}` on the copied source"
 
 
 def test_dockerfile_copies_only_files_that_exist_and_are_in_the_context(dockerfile):
@@ -284,15 +288,6 @@ def test_package_builds_from_exactly_what_the_dockerfile_copies(dockerfile, tmp_
 def test_yaml_parses(path):
     docs = load_docs(path)
     assert docs and all(isinstance(doc, dict) for doc in docs)
-
-
-def test_ray_cluster_launcher_config_matches_rays_schema():
-    jsonschema = pytest.importorskip("jsonschema")
-    spec = importlib.util.find_spec("ray")  # locates Ray's schema file without importing Ray
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("ray is not installed")
-    schema = json.loads((Path(spec.submodule_search_locations[0]) / "autoscaler" / "ray-schema.json").read_text())
-    jsonschema.validate(load_docs(INFRA / "ray" / "cluster.yaml")[0], schema)
 
 
 def test_ray_cluster_launcher_autoscales_gpu_workers_with_instance_roles():
@@ -383,7 +378,6 @@ def test_kustomization_lists_existing_files():
         assert (K8S / name).is_file(), f"kustomization.yaml names missing {name}"
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kustomize_renders_the_cronjob_with_the_generated_configmap():
     done = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
