@@ -15,6 +15,7 @@ import hashlib
 import random
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,8 @@ SEED = 11
 CCP_EVAL = 60          # Clothing Co-Parsing photos held out (seeded random choice)
 COCO_EVAL_SHARE = 2 / 3  # of COCO photos with people: the project is judged on such photos
 FREE_EVAL = 32         # COCO person-free photos held out (at least 30 wanted)
+MASK_NOTE = ("masks: 255 person, 128 unknown (COCO crowds; CCP beyond a band of 5% of the image "
+             "height around the subject), 0 background")
 COLUMNS = ["name", "role", "sha256", "source", "split", "licence"]
 
 
@@ -171,7 +174,8 @@ def main() -> None:
         emit(item, splits[item.name], building, rows, seen)
     check_or_write(rows, args.write_tsv)
     tally = counts(rows, {it.name: it for it in items})
-    text = "\n".join(f"{k}\t{v}" for k, v in tally.items()) + "\n"
+    text = (f"# built {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {MASK_NOTE}\n"
+            + "\n".join(f"{k}\t{v}" for k, v in tally.items()) + "\n")
     (building / "READY").write_text(text)  # the lead's trainer waits for this file
     swap_in(building, args.out)
     print(text, end="")
