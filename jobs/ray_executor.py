@@ -62,13 +62,17 @@ class ModelActor:
         self.segmenter = Segmenter.from_checkpoint(model_path, device=device, precision=precision,
                                                    batch_size=batch_size, threshold=threshold, compile=compile_)
         self.batcher = BatchingSegmenter(self.segmenter.infer, batch_size)
+        self.served = 0     # requests answered by this process (a restarted actor starts again at 0)
 
     def describe(self) -> dict:
         s = self.segmenter
-        return {"pid": os.getpid(), "device": str(s.device), "precision": s.precision}
+        return {"pid": os.getpid(), "device": str(s.device), "precision": s.precision, "served": self.served,
+                "worker": ray.get_runtime_context().get_worker_id()}
 
     async def infer(self, batch: np.ndarray) -> np.ndarray:
-        return await self.batcher.infer(batch)
+        probs = await self.batcher.infer(batch)
+        self.served += 1
+        return probs
 
 
 class ActorInference:
@@ -157,6 +161,7 @@ class Scheduler:
         self.retries = prep.config.task_retries
         self.frames = 0
         self.info_refs = [a.describe.remote() for a in actors]   # logged when the actors are up
+        self.first_info: list[dict] = []
 
     def _submit_next(self) -> None:
         while len(self.running) < self.cap and (self.todo or self.shards):
@@ -187,12 +192,27 @@ class Scheduler:
                         continue
                     self._landed(kind, prog, unit, result, bar)
                 self._submit_next()
+        self._log_restarts()
 
     def _log_actor_info(self) -> None:
         if self.info_refs and not ray.wait(self.info_refs, num_returns=len(self.info_refs), timeout=0)[1]:
-            info = ray.get(self.info_refs)
+            info = self.first_info = ray.get(self.info_refs)
             self.info_refs = []
-            self.log(f"model actors: {len(info)} on {info[0]['device']} ({info[0]['precision']})")
+            pids = ", ".join(str(i["pid"]) for i in info)
+            self.log(f"model actors: {len(info)} on {info[0]['device']} ({info[0]['precision']}), pid {pids}")
+
+    def _log_restarts(self) -> None:
+        """Say which model actors died and were restarted during the run, and what the new process did."""
+        try:
+            first = self.first_info or ray.get(self.info_refs, timeout=30)
+            info = ray.get([a.describe.remote() for a in self.actors], timeout=30)
+        except RayError as exc:   # the run's work is done; a pool that does not answer is only reported
+            self.log(f"model actors did not answer at the end of the run: {type(exc).__name__}")
+            return
+        restarted = [i for i, f in zip(info, first) if i["worker"] != f["worker"]]
+        if restarted:
+            now = ", ".join(f"pid {i['pid']} served {i['served']} request(s)" for i in restarted)
+            self.log(f"model actors restarted during the run: {len(restarted)} of {len(info)} (since then: {now})")
 
     def _landed(self, kind, prog: ShardProgress, unit, result, bar) -> None:
         if prog.assembly.failed:

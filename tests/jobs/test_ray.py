@@ -1,6 +1,7 @@
 """The Ray executor against a real (embedded) Ray: actor death, poisoned units (same output as local:
 test_same_output.py)."""
 import os
+import re
 import signal
 import threading
 import time
@@ -17,7 +18,13 @@ def config(manifest, out, weights, **kw):
     return RunConfig(**{**base, **kw})
 
 
-def test_killing_a_model_actor_mid_run_loses_and_duplicates_nothing(ray_local, tmp_path, tiny_weights):
+def started_by_this_process(pid: int) -> bool:
+    import psutil
+
+    return any(p.pid == os.getpid() for p in psutil.Process(pid).parents())
+
+
+def test_killing_a_model_actor_mid_run_loses_and_duplicates_nothing(ray_local, tmp_path, tiny_weights, capsys):
     import psutil
 
     root = tmp_path / "media"
@@ -29,18 +36,27 @@ def test_killing_a_model_actor_mid_run_loses_and_duplicates_nothing(ray_local, t
     thread = threading.Thread(target=lambda: result.setdefault("code", execute(
         config(manifest, out, tiny_weights, batch_size=1, images_per_unit=1, shard_size=4))))
     thread.start()
-    deadline = time.time() + 120
-    killed = None
-    while time.time() < deadline and killed is None:
+    log, killed, deadline = "", None, time.time() + 120
+    while time.time() < deadline and killed is None and thread.is_alive():
+        log += capsys.readouterr().err
+        pids = re.search(r"model actors: 1 on .*, pid (\d+)", log)
         masks = list((out / "masks").rglob("*.png")) if (out / "masks").exists() else []
-        actors = [p.pid for p in psutil.process_iter(["cmdline"]) if "ray::ModelActor" in " ".join(p.info["cmdline"] or [])]
-        if len(masks) >= 3 and actors:
-            killed = actors[0]
+        if pids and len(masks) >= 3:
+            # this run's actor (its pid from the run's log), a process under this test's Ray
+            killed = int(pids.group(1))
+            assert "ray::ModelActor" in " ".join(psutil.Process(killed).cmdline())
+            assert started_by_this_process(killed)
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.2)
     thread.join(timeout=300)
+    log += capsys.readouterr().err
     assert killed, "the run ended before the actor could be killed"
-    assert result["code"] == 0
+    assert result["code"] == 0, log
+    # recovery happened: the pool got a new process, and it answered requests after the kill (so the
+    # kill came before the last inference, and the request in flight was retried there)
+    restart = re.search(r"model actors restarted during the run: 1 of 1 \(since then: pid (\d+) served (\d+)", log)
+    assert restart, log
+    assert int(restart.group(1)) != killed and int(restart.group(2)) > 0
     got = read_rows(out)
     keys = [(r["id"], r["frame_index"]) for r in got]
     assert len(keys) == len(set(keys)) == 30 + 120
