@@ -475,17 +475,28 @@ def invocations_in_dockerfile(path: Path) -> list[list[str]]:
     return found
 
 
+SHELL_FENCES = {"bash", "sh", "shell", "console"}
+
+
 def invocations_in_markdown(path: Path) -> list[list[str]]:
-    found, block, in_code = [], [], False
+    """Calls in the shell code blocks; `[--flag]` (the docs' notation for optional) counts as `--flag`."""
+    found, block, fence = [], [], None
     for line in path.read_text().splitlines():
         if line.lstrip().startswith("```"):
-            in_code = not in_code
+            fence = line.strip()[3:].strip() if fence is None else None
             continue
-        if in_code:
-            block.append(re.sub(r"^\s*\$ ", "", line))
-            if not line.rstrip().endswith("\\"):
-                found += invocations_in_shell(" ".join(part.rstrip("\\") for part in block))
-                block = []
+        if fence not in SHELL_FENCES:
+            continue
+        block.append(re.sub(r"^\s*\$ ", "", line).rstrip("\\"))
+        if line.rstrip().endswith("\\"):
+            continue
+        try:  # a quoted argument may run over several lines
+            calls = invocations_in_shell("\n".join(block))
+        except ValueError:
+            continue
+        found += [[re.sub(r"^\[(-.*)\]$", r"\1", word) for word in call] for call in calls]
+        block = []
+    assert not block, f"{path.name}: unterminated shell line {block}"
     return found
 
 
@@ -495,7 +506,7 @@ def all_invocations() -> list[tuple[str, list[str]]]:
         found += [(rel(path), inv) for doc in load_docs(path) for inv in invocations_in_yaml(doc)]
     for path in DOCKERFILES:
         found += [(rel(path), inv) for inv in invocations_in_dockerfile(path)]
-    for path in sorted(INFRA.rglob("*.md")):
+    for path in [REPO / "README.md", *sorted(INFRA.rglob("*.md"))]:
         found += [(rel(path), inv) for inv in invocations_in_markdown(path)]
     return found
 
@@ -520,15 +531,29 @@ def test_invocation_parser_finds_calls_inside_shell_lines():
     assert invocations_in_shell("aws ecr create-repository --repository-name humanseg-batch") == []
 
 
+def all_params(command) -> list:
+    import click
+
+    subcommands = command.commands.values() if isinstance(command, click.Group) else []
+    return [*command.params, *(p for sub in subcommands for p in all_params(sub))]
+
+
 @pytest.fixture(scope="module")
 def cli():
+    import click
+
     from humanseg_batch.jobs.cli import cli  # the CLI as it is now, not as the docs remember it
 
-    return cli
+    # The docs' paths are placeholders (data/, manifest.csv): check option names and values, not the disk.
+    with pytest.MonkeyPatch.context() as patch:
+        for param in all_params(cli):
+            if isinstance(param.type, click.Path) and param.type.exists:
+                patch.setattr(param.type, "exists", False)
+        yield cli
 
 
-def parse_invocation(cli, args: list[str]) -> None:
-    """Parse like the shell would run it, down to the leaf command; raise click's error if invalid."""
+def parse_invocation(cli, args: list[str]):
+    """Parse like the shell would run it, down to the leaf command; its context, or click's error if invalid."""
     import click
 
     try:
@@ -544,6 +569,8 @@ def parse_invocation(cli, args: list[str]) -> None:
             ctx = command.make_context(name, rest, parent=ctx, resilient_parsing=False)
     except click.exceptions.Exit as done:  # --help, --version
         assert done.exit_code == 0
+        return None
+    return ctx
 
 
 @pytest.mark.parametrize("source,args", INVOCATIONS, ids=[f"{s}:{' '.join(a[:1])}" for s, a in INVOCATIONS])
@@ -566,3 +593,62 @@ def test_invocation_check_rejects_what_the_cli_would(cli):
         parse_invocation(cli, ["run", "--output", "o"])  # MANIFEST missing
     with pytest.raises(click.UsageError):
         parse_invocation(cli, ["no-such-command"])
+
+
+# ------------------------------------------------ what the cluster files promise each other
+
+def nightly_run_config(cli):
+    """The RunConfig the RayJob's entrypoint resolves to, through the CLI's own layering of defaults and flags."""
+    from humanseg_batch.jobs.cli import flags_to_config
+
+    args = invocations_in_shell(one("RayJob")["spec"]["entrypoint"])[0]
+    params = dict(parse_invocation(cli, args).params)
+    params.pop("overwrite")
+    return flags_to_config(params.pop("manifest"), params.pop("config_file"), **params)
+
+
+def cpu_quantity(value) -> float:
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def test_gpu_nodes_hold_the_model_actors_a_run_asks_for(cli):
+    """Per GPU node or pod: whole actors at --gpus-per-actor, each with its --cpus-per-actor; at full scale, all of them."""
+    from humanseg_batch.jobs.config import RunConfig
+
+    launcher = load_docs(INFRA / "ray" / "cluster.yaml")[0]
+    for cfg in [RunConfig(manifest="m.csv", output="o"), nightly_run_config(cli)]:
+        for spec in [one("RayCluster")["spec"], one("RayJob")["spec"]["rayClusterSpec"]]:
+            capacity = 0
+            for group in spec["workerGroupSpecs"]:
+                resources = group["template"]["spec"]["containers"][0]["resources"]
+                gpus = float(resources["limits"].get("nvidia.com/gpu", 0))
+                cpus = cpu_quantity(resources["limits"].get("cpu", resources["requests"]["cpu"]))  # KubeRay's num-cpus
+                actors = int(gpus // cfg.gpus_per_actor)
+                if gpus:
+                    assert actors >= 1 and cpus >= actors * cfg.cpus_per_actor, f"{group['groupName']} fits no actor"
+                capacity += actors * group["maxReplicas"]
+            assert capacity >= max(cfg.model_actors, 1), f"the cluster grows to {capacity} actors, the run asks more"
+        for name, node in launcher["available_node_types"].items():
+            gpus, cpus = node["resources"].get("GPU", 0), node["resources"].get("CPU", 0)
+            actors = int(gpus // cfg.gpus_per_actor)
+            assert not gpus or (actors >= 1 and cpus >= actors * cfg.cpus_per_actor), f"{name} fits no actor"
+
+
+def test_nightly_run_is_incremental_into_one_output(cli):
+    """The CronJob creates this RayJob every night: same manifest, same OUT, no overwrite, so only new rows run."""
+    entrypoint = one("RayJob")["spec"]["entrypoint"]
+    assert not re.search(r"[$`]", entrypoint), "a per-night expansion (date, env) would give each night a new OUT"
+    args = invocations_in_shell(entrypoint)[0]
+    assert args[0] == "run" and "--overwrite" not in args
+    cfg = nightly_run_config(cli)
+    assert cfg.output.startswith("s3://") and cfg.manifest.startswith("s3://")
+
+
+def test_pods_run_as_the_user_the_images_end_with():
+    uids = {[rest for kw, rest in dockerfile_instructions(path) if kw == "USER"][-1].split(":")[0]
+            for path in DOCKERFILES}
+    assert len(uids) == 1 and next(iter(uids)).isdigit(), f"images end as {uids}: one numeric uid"
+    for spec in [one("RayCluster")["spec"], one("RayJob")["spec"]["rayClusterSpec"]]:
+        for pod in pod_specs(spec):
+            assert str(pod["securityContext"]["runAsUser"]) in uids
