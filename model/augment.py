@@ -33,6 +33,9 @@ class AugmentConfig:
     # person-free distractors per composite: blobs cut from another background, recoloured, pasted
     # under the people with mask 0 (bright, person-sized things that are not people)
     distractors: tuple[int, int] = (0, 0)
+    # height of a pasted whole figure relative to the canvas (log-uniform): a low end of 0.05 makes the
+    # small background people of everyday photos
+    person_scale: tuple[float, float] = (0.12, 1.3)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.channel_swap <= 1.0:
@@ -192,7 +195,7 @@ def composite(background: np.ndarray, cutouts: list[tuple[np.ndarray, np.ndarray
         rgb, alpha = cutouts[rng.integers(len(cutouts))]
         edges = cut_edges(alpha)
         # whole figures from far away to near; cropped close-ups fill 45-110% of the height
-        lo, hi = (0.45, 1.1) if any(edges) else (0.12, 1.3)
+        lo, hi = (0.45, 1.1) if any(edges) else cfg.person_scale
         s = H * math.exp(rng.uniform(math.log(lo), math.log(hi))) / rgb.shape[0]
         ph, pw = max(2, round(rgb.shape[0] * s)), max(2, round(rgb.shape[1] * s))
         if pw > 2 * W:

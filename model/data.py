@@ -112,13 +112,20 @@ def load_folder(data_dir: str | os.PathLike) -> SampleSet:
     out = SampleSet()
     for img, mask in folder_pairs(root):
         out.add(read_rgb(img), read_label(mask), img.name, group_of(img.name))
+    return add_material(out, root)
+
+
+def add_material(samples: SampleSet, root: str | os.PathLike) -> SampleSet:
+    """Add the compositing material of folder `root`: cutouts/ (RGBA PNGs of single people, alpha = the
+    person) and backgrounds/ (person-free photos); either may be absent."""
+    root = Path(root)
     for path in _image_files(root / "cutouts"):
         rgba = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if rgba is None or rgba.ndim != 3 or rgba.shape[2] != 4:
             raise ValueError(f"{path}: a cut-out must be an RGBA image")
-        out.cutouts.append((cv2.cvtColor(rgba[..., :3], cv2.COLOR_BGR2RGB), rgba[..., 3].copy()))
-    out.backgrounds.extend(read_rgb(p) for p in _image_files(root / "backgrounds"))
-    return out
+        samples.cutouts.append((cv2.cvtColor(rgba[..., :3], cv2.COLOR_BGR2RGB), rgba[..., 3].copy()))
+    samples.backgrounds.extend(read_rgb(p) for p in _image_files(root / "backgrounds"))
+    return samples
 
 
 def group_of(name: str) -> str:

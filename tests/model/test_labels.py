@@ -84,3 +84,24 @@ def test_contact_sheet_shows_the_worst_images_first(tmp_path):
     assert sheet.shape == (64 + 18, 128, 3)
     assert (sheet[:64, :64, 2] > 200).sum() == 0      # img1 predicted nothing: no red tint in its tile
     assert (sheet[:43, 64:, 2] > 150).sum() > 0       # img2's wrong prediction is tinted red
+
+
+def test_temporal_smoothing_removes_one_frame_flips_without_lag():
+    from humanseg_batch.model.temporal import TemporalSmoother, flicker, smooth
+
+    frames = [np.zeros((4, 10), np.uint8) for _ in range(6)]
+    for t, f in enumerate(frames):
+        f[:, t:t + 3] = 250                         # a person three columns wide, moving right a column a frame
+    frames[3][0, 9] = 250                           # a one-frame false alarm away from it
+    out = smooth(frames)
+    assert len(out) == 6
+    masks = [p > 127 for p in out]
+    assert not masks[3][0, 9]                       # the lone flip is gone
+    for t, m in enumerate(masks):                   # the person is where it is now, not where it was
+        assert m[:, t:t + 3].all() and m.sum() == 12, t
+    assert flicker(masks) < flicker([f > 127 for f in frames])
+    s = TemporalSmoother()
+    assert s.push(frames[0], "a") == [] and [p for _, p in s.push(frames[1], "b")] == ["a"]
+    assert [p for _, p in s.push(np.zeros((2, 2), np.uint8), "c")] == ["b"]     # a new size flushes
+    assert [p for _, p in s.flush()] == ["c"] and s.flush() == []
+    assert flicker([frames[0]]) == 0.0 and flicker([frames[0], frames[1]]) == 8 / 40
