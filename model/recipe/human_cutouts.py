@@ -8,6 +8,7 @@ import numpy as np
 MIN_AREA = 1500        # px: smaller people give cut-outs too coarse to paste at large scales
 MIN_HEIGHT = 60        # px of box height
 MAIN_PART = 0.9        # share of the area in the largest piece; less hints at an occluder
+MAX_BORDER_CONTACT = 0.5  # share of the person's height (width) lying on a side (top) border
 NEAR_OTHERS = 0.03     # other people / unknown pixels next to the person, as a share of its area
 
 
@@ -16,6 +17,14 @@ def border_sides(person: np.ndarray) -> str:
     sides = [("T", person[0].any()), ("B", person[-1].any()),
              ("L", person[:, 0].any()), ("R", person[:, -1].any())]
     return "".join(side for side, cut in sides if cut)
+
+
+def heavily_cut(person: np.ndarray) -> bool:
+    """Touching the left, right or top border along most of its extent there: mostly outside."""
+    ys, xs = np.nonzero(person)
+    height, width = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+    return bool(max(person[:, 0].sum(), person[:, -1].sum()) > MAX_BORDER_CONTACT * height
+                or person[0].sum() > MAX_BORDER_CONTACT * width)
 
 
 def cutout_name(scene: str, index: int, person: np.ndarray, mask: np.ndarray) -> str | None:
@@ -32,7 +41,7 @@ def cutout_name(scene: str, index: int, person: np.ndarray, mask: np.ndarray) ->
     if (ring & (mask > 0) & ~person).sum() > NEAR_OTHERS * area:
         return None
     sides = border_sides(person)
-    if len(sides) >= 3:  # a close-up cut on three sides is no full person to paste
+    if len(sides) >= 3 or heavily_cut(person):  # a slice of a person is no person to paste
         return None
     return f"{scene}_p{index}" + (f"_cut{sides}" if sides else "")
 
