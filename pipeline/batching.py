@@ -45,8 +45,8 @@ class BatchingSegmenter:
         while self.pending:
             await asyncio.sleep(0)          # let concurrent callers add their requests
             take = self._take()
-            merged = take[0][0] if len(take) == 1 else np.concatenate([b for b, _ in take])
-            try:
+            try:   # merging is inside: an error must reach the callers, never end the drain silently
+                merged = take[0][0] if len(take) == 1 else np.concatenate([b for b, _ in take])
                 probs = await loop.run_in_executor(self.pool, self.infer_batch, merged)
             except Exception as exc:  # noqa: BLE001 - hand the error to every caller of the batch
                 for _, fut in take:
