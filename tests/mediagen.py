@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 
 
-
 def make_image(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
@@ -18,6 +17,27 @@ def make_image(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(path), img)
     return path
+
+
+def draw_frame(i: int, h: int, w: int) -> np.ndarray:
+    """Frame i of every `make_video` video (RGB): red level i*7 (mod 255), a bright bar at column i*3,
+    and i in binary along the bottom edge (8x8 white blocks = 1 bits, lowest bit left), which lossy
+    codecs keep readable: see `frame_number`."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, :, 0] = (i * 7) % 255
+    x = (i * 3) % max(1, w - 10)
+    img[h // 4: 3 * h // 4, x:x + 10] = 220
+    assert i < 2 ** (w // 8), "video too long for its width's frame-number bits"
+    for bit in range(w // 8):
+        if i >> bit & 1:
+            img[h - 8:, 8 * bit:8 * bit + 8] = 255
+    return img
+
+
+def frame_number(rgb: np.ndarray) -> int:
+    """The number `draw_frame` wrote into a decoded frame (the centres of its bottom-edge blocks)."""
+    h, w = rgb.shape[:2]
+    return sum(1 << bit for bit in range(w // 8) if rgb[h - 6:h - 2, 8 * bit + 2:8 * bit + 6, 1].mean() > 128)
 
 
 def make_video(path: Path, frames: int = 40, fps: int = 10, size: tuple[int, int] = (64, 48), gop: int = 12,
@@ -35,11 +55,7 @@ def make_video(path: Path, frames: int = 40, fps: int = 10, size: tuple[int, int
             stream.time_base = time_base
             stream.codec_context.time_base = time_base
         for i in range(frames):
-            img = np.zeros((h, w, 3), np.uint8)
-            img[:, :, 0] = (i * 7) % 255
-            x = (i * 3) % max(1, w - 10)
-            img[h // 4: 3 * h // 4, x:x + 10] = 220
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame = av.VideoFrame.from_ndarray(draw_frame(i, h, w), format="rgb24")
             frame.pts = pts_list[i] if pts_list is not None else start_pts + i
             if time_base is not None:
                 frame.time_base = time_base
