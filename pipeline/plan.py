@@ -65,17 +65,23 @@ class ChunkPlan:
 
 @dataclass(frozen=True)
 class ImageUnit:
+    """A group of a shard's images, decoded by one task."""
     shard: str
-    index: int
+    group: int                    # the group's number in its shard
     items: tuple[Item, ...]
 
 
 @dataclass(frozen=True)
 class VideoUnit:
+    """One chunk of one video, decoded by one task."""
     shard: str
     item: Item
-    index: VideoIndex
+    video: VideoIndex             # the whole video's frame timestamps (a chunk's frames are in `plan`)
     plan: ChunkPlan
+
+    @property
+    def items(self) -> tuple[Item, ...]:
+        return (self.item,)
 
 
 def shard_name(items: Sequence[Item]) -> str:

@@ -20,7 +20,7 @@ from .decode import (DEFAULT_MAX_PIXELS, DecodeError, decode_chunk, decode_image
 from .faults import pause_point
 from .plan import ImageUnit, Item, Sampling, Shard, VideoUnit, image_units, plan_chunks
 from .storage import Storage
-from .write import MaskVideoWriter, chunk_mask_path, coco_rle, encode_png, image_mask_path
+from .write import ROW_SCHEMA, MaskVideoWriter, chunk_mask_path, coco_rle, encode_png, image_mask_path
 
 FAULT_ENV = "HUMANSEG_FAULT_CRASH_URI"   # test hook: a worker handling a uri containing this exits hard
 
@@ -55,11 +55,10 @@ class UnitContext:
 
 
 def base_row(item: Item, ctx: UnitContext, shard: str) -> dict:
-    return {"id": item.id, "uri": item.uri, "media_type": item.media_type, "frame_index": None,
-            "timestamp_s": None, "width": None, "height": None, "mask_uri": None, "mask_frame": None,
-            "person_fraction": None, "bbox": None, "confidence": None, "status": "ok", "error": None,
-            "model": ctx.model.name, "weights_sha256": ctx.model.weights_sha256, "shard": shard,
-            "chunk": None, "manifest_row": item.position, "rle": None}
+    """A row with what is known before decoding; every other ROW_SCHEMA column is empty."""
+    return dict(dict.fromkeys(ROW_SCHEMA.names), id=item.id, uri=item.uri, media_type=item.media_type, status="ok",
+                model=ctx.model.name, weights_sha256=ctx.model.weights_sha256, shard=shard,
+                manifest_row=item.position)
 
 
 def error_row(item: Item, ctx: UnitContext, shard: str, message: str, **extra) -> dict:
@@ -86,9 +85,9 @@ def expand_shard(shard: Shard, ctx: UnitContext) -> tuple[list[ImageUnit | Video
             if item.media_type != "video":
                 ready.append(item)
                 continue
-            index = probe_video(item.uri, ctx.endpoint_url)
-            for plan in plan_chunks(index, ctx.chunk_seconds, ctx.sampling):
-                videos.append(VideoUnit(shard.name, item, index, plan))
+            video = probe_video(item.uri, ctx.endpoint_url)
+            for plan in plan_chunks(video, ctx.chunk_seconds, ctx.sampling):
+                videos.append(VideoUnit(shard.name, item, video, plan))
         except DecodeError as exc:
             rows.append(error_row(item, ctx, shard.name, str(exc)))
         except (OSError, ValueError) as exc:
@@ -112,12 +111,12 @@ def _image_frames(unit: ImageUnit, ctx: UnitContext) -> Iterator[Frame]:
 
 
 def _video_frames(unit: VideoUnit, ctx: UnitContext) -> Iterator[Frame]:
-    if unit.index.problem and unit.plan.chunk == 0:   # once per video: chunk 0 always exists (it holds frame 0)
-        yield unit.item, None, DecodeError(unit.index.problem), None
+    if unit.video.problem and unit.plan.chunk == 0:   # once per video: chunk 0 always exists (it holds frame 0)
+        yield unit.item, None, DecodeError(unit.video.problem), None
     m = ctx.model
     fit = lambda h, w: content_size(h, w, m.input_height, m.input_width)  # noqa: E731
     try:
-        for index, frame, shape in decode_chunk(unit.item.uri, unit.index, unit.plan, ctx.endpoint_url, fit=fit):
+        for index, frame, shape in decode_chunk(unit.item.uri, unit.video, unit.plan, ctx.endpoint_url, fit=fit):
             yield unit.item, index, frame, shape
     except DecodeError as exc:   # the file vanished or broke since it was probed
         for index in unit.plan.frames:
@@ -147,77 +146,92 @@ class _Sink:
             self.ctx.output.write_bytes(self.path, self.video.finish())
 
 
+class _Batches:
+    """A unit's frames on their way through the model: letterboxed into one buffer, sent a batch at a
+    time with at most one batch in flight, masks written and rows made as the results come back."""
+
+    def __init__(self, unit: ImageUnit | VideoUnit, ctx: UnitContext, inference: Inference):
+        self.unit, self.ctx, self.inference = unit, ctx, inference
+        self.chunk = unit.plan.chunk if isinstance(unit, VideoUnit) else None
+        self.sink, self.rows = _Sink(unit, ctx), []
+        self.stats = {"frames": 0, "errors": 0, "decode_s": 0.0, "model_wait_s": 0.0, "write_s": 0.0}
+        m = ctx.model
+        self.buf = np.zeros((m.batch_size, m.input_height, m.input_width, 3), np.uint8)
+        self.batch: list[tuple] = []
+        self.pending: tuple[list[tuple], Any] | None = None
+
+    def error(self, item: Item, index: int | None, exc: DecodeError) -> None:
+        self.rows.append(error_row(item, self.ctx, self.unit.shard, str(exc), frame_index=index,
+                                   timestamp_s=_timestamp(self.unit, index), chunk=self.chunk))
+        self.stats["errors"] += 1
+
+    def add(self, item: Item, index: int | None, frame: np.ndarray, shape: tuple[int, int]) -> bool:
+        """Letterbox a frame into the batch; True when the batch is full."""
+        size = letterbox_into(self.buf[len(self.batch)], frame)
+        self.batch.append((item, index, shape, size))
+        return len(self.batch) == self.ctx.model.batch_size
+
+    def submit(self) -> None:
+        """Send the current batch to the model, then finish the one sent before it (one batch in flight)."""
+        token = self.inference.submit(self.buf[: len(self.batch)])
+        if self.pending is not None:
+            self._finish_batch(*self.pending)
+        self.pending, self.batch = (self.batch, token), []
+
+    def finish(self) -> tuple[list[dict], dict]:
+        if self.batch:
+            self.submit()
+        if self.pending is not None:
+            self._finish_batch(*self.pending)
+        t = time.perf_counter()
+        self.sink.close()
+        self.stats["write_s"] += time.perf_counter() - t
+        return self.rows, self.stats
+
+    def _finish_batch(self, records: list[tuple], token: Any) -> None:
+        t0 = time.perf_counter()
+        probs = self.inference.result(token)
+        t1 = time.perf_counter()
+        for (item, index, shape, size), prob in zip(records, probs):
+            res = finish_mask(prob, size, shape, self.ctx.model.threshold)
+            mask_uri, mask_frame = self.sink.put(item, res.mask)
+            self.rows.append(dict(
+                base_row(item, self.ctx, self.unit.shard), frame_index=index,
+                timestamp_s=_timestamp(self.unit, index), width=shape[1], height=shape[0], mask_uri=mask_uri,
+                mask_frame=mask_frame, person_fraction=res.person_fraction, bbox=res.bbox,
+                confidence=res.confidence, chunk=self.chunk, rle=coco_rle(res.mask) if self.ctx.rle else None))
+        self.stats["model_wait_s"] += t1 - t0
+        self.stats["write_s"] += time.perf_counter() - t1
+        self.stats["frames"] += len(records)
+
+
 def run_unit(unit: ImageUnit | VideoUnit, ctx: UnitContext, inference: Inference) -> tuple[list[dict], dict]:
     """Process one unit end to end; return its rows (masks already written) and timings."""
-    items = unit.items if isinstance(unit, ImageUnit) else (unit.item,)
     crash = os.environ.get(FAULT_ENV)
-    if crash and any(crash in i.uri for i in items):
+    if crash and any(crash in i.uri for i in unit.items):
         os._exit(13)
     pause_point("unit")
     # one thread per unit: parallelism comes from running units side by side, and OpenCV's own
     # pool would fight the model's threads for the same cores
     cv2.setNumThreads(1)
-    m = ctx.model
     frames = _image_frames(unit, ctx) if isinstance(unit, ImageUnit) else _video_frames(unit, ctx)
-    chunk = unit.plan.chunk if isinstance(unit, VideoUnit) else None
-    sink, rows = _Sink(unit, ctx), []
-    stats = {"frames": 0, "errors": 0, "decode_s": 0.0, "model_wait_s": 0.0, "write_s": 0.0}
-    buf = np.zeros((m.batch_size, m.input_height, m.input_width, 3), np.uint8)
-    batch: list[tuple] = []
-    pending: tuple[list[tuple], Any] | None = None
-
-    def drain(done: tuple[list[tuple], Any]) -> None:
-        records, token = done
-        t0 = time.perf_counter()
-        probs = inference.result(token)
-        t1 = time.perf_counter()
-        for (item, index, shape, size), prob in zip(records, probs):
-            res = finish_mask(prob, size, shape, m.threshold)
-            mask_uri, mask_frame = sink.put(item, res.mask)
-            rows.append(dict(base_row(item, ctx, unit.shard), frame_index=index, timestamp_s=_timestamp(unit, index),
-                             width=shape[1], height=shape[0], mask_uri=mask_uri, mask_frame=mask_frame,
-                             person_fraction=res.person_fraction, bbox=res.bbox, confidence=res.confidence,
-                             chunk=chunk, rle=coco_rle(res.mask) if ctx.rle else None))
-        stats["model_wait_s"] += t1 - t0
-        stats["write_s"] += time.perf_counter() - t1
-        stats["frames"] += len(records)
-
-    def submit() -> None:
-        """Send the current batch to the model, then finish the one sent before it (one batch in flight)."""
-        nonlocal pending, batch
-        token = inference.submit(buf[: len(batch)])
-        if pending is not None:
-            drain(pending)
-        pending, batch = (batch, token), []
-
+    batches = _Batches(unit, ctx, inference)
     t = time.perf_counter()
     for item, index, frame, shape in frames:
         if isinstance(frame, DecodeError):
-            rows.append(error_row(item, ctx, unit.shard, str(frame), frame_index=index,
-                                  timestamp_s=_timestamp(unit, index), chunk=chunk))
-            stats["errors"] += 1
-            continue
-        size = letterbox_into(buf[len(batch)], frame)
-        batch.append((item, index, shape, size))
-        if len(batch) == m.batch_size:
-            stats["decode_s"] += time.perf_counter() - t
-            submit()
+            batches.error(item, index, frame)
+        elif batches.add(item, index, frame, shape):
+            batches.stats["decode_s"] += time.perf_counter() - t
+            batches.submit()
             t = time.perf_counter()
-    stats["decode_s"] += time.perf_counter() - t
-    if batch:
-        submit()
-    if pending is not None:
-        drain(pending)
-    t = time.perf_counter()
-    sink.close()
-    stats["write_s"] += time.perf_counter() - t
-    return rows, stats
+    batches.stats["decode_s"] += time.perf_counter() - t
+    return batches.finish()
 
 
 def _timestamp(unit: ImageUnit | VideoUnit, index: int | None) -> float | None:
     if index is None or not isinstance(unit, VideoUnit):
         return None
-    return unit.index.seconds(index)
+    return unit.video.seconds(index)
 
 
 class LocalInference:
