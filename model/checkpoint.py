@@ -1,7 +1,7 @@
 """Self-describing checkpoints: safetensors weights + the UNetConfig + a content hash.
 
 Loading never unpickles: a pickled `torch.save` file is refused, and a file whose
-tensors do not match its recorded hash is refused as tampered.
+config or tensors do not match its recorded hash is refused as tampered.
 """
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from safetensors.torch import load as st_load, save as st_save
 from .unet import UNet, UNetConfig
 
 FORMAT = "humanseg-batch/unet-v1"
+# What the recorded sha256 covers. Files without this key are older and hash their tensors only; they
+# still load. (The hash guards against corruption and careless edits; anyone can recompute it.)
+HASHED = "config+tensors"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TIERS = ("fast", "quality")
 # names that earlier releases shipped, and what now stands in their place
@@ -79,14 +82,19 @@ def tensors_hash(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def checkpoint_hash(config_json: str, state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the config text as stored and the tensors: everything a load turns into a model."""
+    return hashlib.sha256(f"{config_json}\n{tensors_hash(state)}".encode()).hexdigest()
+
+
 def save_checkpoint(path: str | os.PathLike, model: UNet, extra: dict | None = None, half: bool = False) -> str:
-    """Write model weights + config atomically; return the weights hash. half: store floating-point
+    """Write model weights + config atomically; return the checkpoint hash. half: store floating-point
     tensors as fp16 (half the file; loading casts them back to the model's fp32)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    digest = tensors_hash(state)
-    meta = {"format": FORMAT, "config": model.config.to_json(), "sha256": digest,
+    config = model.config.to_json()
+    meta = {"format": FORMAT, "config": config, "sha256": checkpoint_hash(config, state), "hashed": HASHED,
             "extra": json.dumps(extra or {}, sort_keys=True)}
     data = st_save(state, metadata=meta)
     path = Path(path)
@@ -94,7 +102,19 @@ def save_checkpoint(path: str | os.PathLike, model: UNet, extra: dict | None = N
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-    return digest
+    return meta["sha256"]
+
+
+def _check_hash(meta: dict, state: dict[str, torch.Tensor], source: str) -> None:
+    if meta.get("hashed") == HASHED:
+        digest = checkpoint_hash(meta.get("config", ""), state)
+    elif "hashed" not in meta:      # written before the config was hashed (up to 2026-12-01): tensors only
+        digest = tensors_hash(state)
+    else:
+        raise CheckpointError(f"{source}: unknown hash scope {meta['hashed']!r}")
+    if digest != meta.get("sha256"):
+        raise CheckpointError(f"{source}: hash {digest[:16]} of its {meta.get('hashed', 'tensors')} does not match "
+                              f"the recorded {str(meta.get('sha256'))[:16]}: the file was modified or corrupted")
 
 
 def read_checkpoint(data: bytes, source: str = "checkpoint") -> tuple[UNetConfig, dict[str, torch.Tensor], dict]:
@@ -110,10 +130,7 @@ def read_checkpoint(data: bytes, source: str = "checkpoint") -> tuple[UNetConfig
         raise CheckpointError(f"{source}: not a safetensors checkpoint ({exc})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{source}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    digest = tensors_hash(state)
-    if digest != meta.get("sha256"):
-        raise CheckpointError(f"{source}: weights hash {digest[:16]} does not match the recorded "
-                              f"{str(meta.get('sha256'))[:16]}: the file was modified or corrupted")
+    _check_hash(meta, state, source)
     try:
         config = UNetConfig.from_json(meta["config"])
     except (KeyError, TypeError, ValueError) as exc:

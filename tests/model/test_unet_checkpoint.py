@@ -59,6 +59,47 @@ def test_tampered_checkpoint_is_refused(tmp_path):
         load_checkpoint(path)
 
 
+def rewrite_metadata(path, **changes) -> None:
+    """Edit a safetensors file's header metadata in place, leaving the tensors' bytes alone (None drops a key)."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = dict(header["__metadata__"], **changes)
+    header["__metadata__"] = {k: v for k, v in meta.items() if v is not None}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
+
+
+def test_tampered_config_is_refused(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(path, build_unet(base_width=4, depth=2, input_height=32, input_width=48, threshold=0.5))
+    config = json.loads(load_checkpoint(path)[1]["config"].to_json())
+    rewrite_metadata(path, config=json.dumps(dict(config, threshold=0.9)))
+    with pytest.raises(CheckpointError, match=r"config\+tensors does not match .* modified or corrupted"):
+        load_checkpoint(path)
+    rewrite_metadata(path, config=json.dumps(config), hashed="tensors")     # an unknown hash scope
+    with pytest.raises(CheckpointError, match="unknown hash scope"):
+        load_checkpoint(path)
+
+
+def test_checkpoints_hashed_before_the_config_was_still_load(tmp_path):
+    from humanseg_batch.model.checkpoint import tensors_hash
+
+    path = tmp_path / "old.safetensors"
+    model = build_unet(base_width=4, depth=2, input_height=32, input_width=48)
+    save_checkpoint(path, model)
+    # as files written up to 2026-12-01 are: the sha256 of the tensors alone, no "hashed" key
+    legacy = tensors_hash(model.state_dict())
+    rewrite_metadata(path, sha256=legacy, hashed=None)
+    assert load_checkpoint(path)[1]["sha256"] == legacy
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="modified or corrupted"):
+        load_checkpoint(path)
+
+
 def test_pickled_checkpoint_is_refused_without_unpickling(tmp_path):
     class Boom:
         def __reduce__(self):
@@ -79,30 +120,34 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
-def test_segmenter_returns_masks_at_original_sizes_for_mixed_batches(tiny_weights, precision):
-    seg = Segmenter.from_checkpoint(tiny_weights, device="cpu", precision=precision, batch_size=3)
+def test_segmenter_returns_masks_at_original_sizes_for_mixed_batches(busy_weights, precision):
     rng = np.random.default_rng(0)
     sizes = [(48, 64), (100, 30), (7, 9), (480, 640), (48, 64)]
     frames = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in sizes]
-    results = seg.segment(frames)
+    results = Segmenter.from_checkpoint(busy_weights, device="cpu", precision=precision, batch_size=3).segment(frames)
     assert [r.mask.shape for r in results] == sizes
     for r in results:
         assert r.mask.dtype == np.uint8 and set(np.unique(r.mask)) <= {0, 255}
         assert 0.0 <= r.person_fraction <= 1.0 and 0.5 <= r.confidence <= 1.0
         assert (r.bbox is None) == (r.person_fraction == 0)
-    assert seg.precision == precision
+    # the precision is really used (the numbers move a little), and it changes few mask pixels
+    exact = Segmenter.from_checkpoint(busy_weights, device="cpu", precision="fp32", batch_size=3).segment(frames)
+    moved = [(r.confidence != e.confidence, (r.mask != e.mask).mean()) for r, e in zip(results, exact)]
+    assert any(m for m, _ in moved) == (precision != "fp32")
+    assert max(share for _, share in moved) < 0.01
 
 
-def test_segmenter_threshold_and_batch_split_agree_with_one_big_batch(tiny_weights):
+def test_segmenter_threshold_and_batch_split_agree_with_one_big_batch(busy_weights):
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 255, (40, 50, 3), dtype=np.uint8) for _ in range(7)]
-    a = Segmenter.from_checkpoint(tiny_weights, device="cpu", precision="fp32", batch_size=2).segment(frames)
-    b = Segmenter.from_checkpoint(tiny_weights, device="cpu", precision="fp32", batch_size=8).segment(frames)
+    a = Segmenter.from_checkpoint(busy_weights, device="cpu", precision="fp32", batch_size=2).segment(frames)
+    b = Segmenter.from_checkpoint(busy_weights, device="cpu", precision="fp32", batch_size=8).segment(frames)
     for x, y in zip(a, b):
         assert np.array_equal(x.mask, y.mask)
-    low = Segmenter.from_checkpoint(tiny_weights, device="cpu", precision="fp32", threshold=0.01).segment(frames[:1])
-    high = Segmenter.from_checkpoint(tiny_weights, device="cpu", precision="fp32", threshold=0.99).segment(frames[:1])
-    assert low[0].person_fraction >= high[0].person_fraction
+    fractions = [Segmenter.from_checkpoint(busy_weights, device="cpu", precision="fp32", threshold=t)
+                 .segment(frames[:1])[0].person_fraction for t in (0.1, 0.5, 0.9)]
+    assert fractions == sorted(fractions, reverse=True) and fractions[0] > 0.8 and fractions[2] < 0.2, fractions
+    assert fractions[1] == a[0].person_fraction                     # 0.5 is this checkpoint's own threshold
 
 
 MBV2_CHANNELS = [16, 24, 32, 96, 320]
