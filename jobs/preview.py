@@ -6,11 +6,8 @@ with the `frames` view of jobs/query.py, so `--where` takes any SQL predicate on
 """
 from __future__ import annotations
 
-import base64
-import html
 import math
 import os
-from dataclasses import dataclass
 
 import click
 import cv2
@@ -21,24 +18,18 @@ from humanseg_batch.pipeline.decode import DecodeError, decode_chunk, decode_ima
 from humanseg_batch.pipeline.plan import ChunkPlan, VideoIndex
 from humanseg_batch.pipeline.write import mask_key, read_mask
 
+from .preview_page import MAX_ERROR_GROUPS, Tile, caption_lines, errors_html, format_time, page_html, png_bytes
 from .query import DEFAULT_MIN_PERSON, Output, OutputError, fail, one_line, open_output
 
 TILE_W, TILE_H, CAPTION_H, GAP = 240, 180, 34, 8      # contact sheet geometry, in pixels
 CAPTION_SCALE = 0.38
 STRIP_W, STRIP_H = 900, 150
-MAX_STRIPS, MAX_ERROR_GROUPS = 50, 500
+MAX_STRIPS = 50
 TINT_BGR, OUTLINE_BGR, BOX_BGR = (255, 0, 200), (0, 255, 255), (0, 200, 0)
 TINT_ALPHA = 0.45
 BACKGROUND = 32                                          # grey level around letterboxed tiles
 TILE_COLUMNS = ("id", "uri", "media_type", "frame_index", "timestamp_s", "mask_uri", "mask_frame",
                 "person_fraction", "confidence", "bbox")
-
-
-@dataclass
-class Tile:
-    row: dict
-    image: np.ndarray          # TILE_H x TILE_W x 3, BGR
-    note: str = ""             # why the source is missing, if it is
 
 
 # ---- choosing rows ----------------------------------------------------------------------------
@@ -155,21 +146,6 @@ def render_tile(row: dict, reader: SourceReader, endpoint_url: str | None) -> Ti
 
 # ---- captions and the contact sheet -----------------------------------------------------------
 
-def format_time(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 60:
-        return f"{seconds:.2f}s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}:{rest:05.2f}"
-
-
-def caption_lines(row: dict) -> tuple[str, str]:
-    where = "image" if row["frame_index"] is None else f"frame {row['frame_index']} @ {format_time(row['timestamp_s'])}"
-    conf = "" if row["confidence"] is None else f" | conf {row['confidence']:.2f}"
-    return row["id"], f"{where} | {100 * (row['person_fraction'] or 0):.0f}% person{conf}"
-
-
 def fit_text(text: str, width: int, scale: float, keep_end: bool = False) -> str:
     """OpenCV fonts are ASCII only: replace the rest, and shorten with '...' to fit `width` pixels
     (cutting the start instead of the end with keep_end, so a long path keeps its file name)."""
@@ -209,138 +185,39 @@ def contact_sheet(tiles: list[Tile], columns: int) -> np.ndarray:
 
 # ---- person fraction over time ----------------------------------------------------------------
 
-def nice_step(span: float, max_ticks: int = 10) -> float:
-    for step in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200):
-        if span / step <= max_ticks:
-            return step
-    return span / max_ticks
-
-
-def tick_label(t: float, span: float) -> str:
-    if span >= 60:
-        return f"{int(t // 60)}:{int(t % 60):02d}"
-    return f"{t:.1f}s" if t % 1 else f"{int(t)}s"
-
-
-@dataclass
-class Axes:
-    """Plot area of a strip: time 0..span across, person fraction 0..top_fraction up."""
-
-    span: float
-    top_fraction: float
-    left: int = 44
-    top: int = 18
-    width: int = STRIP_W - 44 - 12
-    height: int = STRIP_H - 18 - 22
-
-    def x(self, t: float | None) -> int:
-        return self.left + int(round((t or 0.0) / self.span * (self.width - 1)))
-
-    def y(self, fraction: float) -> int:
-        f = min(max(fraction / self.top_fraction, 0.0), 1.0)
-        return self.top + int(round((1 - f) * (self.height - 1)))
-
-
-def draw_axes(img: np.ndarray, ax: Axes, title: str) -> None:
-    grey, font = (60, 60, 60), cv2.FONT_HERSHEY_SIMPLEX
-    cv2.rectangle(img, (ax.left, ax.top), (ax.left + ax.width - 1, ax.top + ax.height - 1), (150, 150, 150), 1)
-    for f in (0.0, ax.top_fraction / 2, ax.top_fraction):
-        cv2.putText(img, f"{f:.2g}", (6, ax.y(f) + 4), font, 0.35, grey, 1, cv2.LINE_AA)
-    step = nice_step(ax.span)
-    for k in range(int(ax.span // step + 1e-9) + 1):
-        t = k * step
-        cv2.line(img, (ax.x(t), ax.top + ax.height), (ax.x(t), ax.top + ax.height + 3), grey, 1)
-        cv2.putText(img, tick_label(t, ax.span), (max(0, ax.x(t) - 10), STRIP_H - 6), font, 0.33, grey, 1,
-                    cv2.LINE_AA)
-    cv2.putText(img, fit_text(title, ax.width, 0.4), (ax.left, 13), font, 0.4, (20, 20, 20), 1, cv2.LINE_AA)
-
-
 def draw_strip(title: str, frames: list[tuple], segments: list[tuple], min_fraction: float) -> np.ndarray:
-    """Person fraction against time: a line over ok frames, red ticks at error frames, person
-    segments shaded green, the presence threshold dashed. The y axis ends at 0.1, 0.2, 0.5 or 1."""
+    """Person fraction against time: a line over ok frames, red ticks at error frames, person segments
+    shaded green, the presence threshold dashed. The y axis ends at 0.1, 0.2, 0.5 or 1; the time axis
+    is labelled at its ends."""
     img = np.full((STRIP_H, STRIP_W, 3), 255, np.uint8)
-    end = max((t or 0.0) for t, _, _ in frames)
+    left, top, width, bottom = 44, 18, STRIP_W - 56, STRIP_H - 23
+    span = max((t or 0.0) for t, _, _ in frames) or 1.0
     peak = max([f for _, f, s in frames if s == "ok" and f is not None] + [min_fraction, 0.0])
-    ax = Axes(span=end if end > 0 else 1.0, top_fraction=next(v for v in (0.1, 0.2, 0.5, 1.0) if peak <= v))
+    top_fraction = next(v for v in (0.1, 0.2, 0.5, 1.0) if peak <= v)
+    x = lambda t: left + round((t or 0.0) / span * (width - 1))  # noqa: E731
+    y = lambda f: bottom - round(min(max(f / top_fraction, 0.0), 1.0) * (bottom - top))  # noqa: E731
     for start, stop in segments:
-        cv2.rectangle(img, (ax.x(start), ax.top), (max(ax.x(start) + 1, ax.x(stop)), ax.top + ax.height - 1),
-                      (200, 240, 200), -1)
-    draw_axes(img, ax, title)
-    for x in range(ax.left, ax.left + ax.width, 8):
-        cv2.line(img, (x, ax.y(min_fraction)), (min(x + 3, ax.left + ax.width - 1), ax.y(min_fraction)),
-                 (120, 120, 120), 1)
+        cv2.rectangle(img, (x(start), top), (max(x(start) + 1, x(stop)), bottom), (200, 240, 200), -1)
+    cv2.rectangle(img, (left, top), (left + width - 1, bottom), (150, 150, 150), 1)
+    for text, at in ((f"{top_fraction:.2g}", (6, top + 4)), ("0", (6, bottom + 4)), ("0s", (left, STRIP_H - 6)),
+                     (format_time(span), (left + width - 44, STRIP_H - 6))):
+        cv2.putText(img, text, at, cv2.FONT_HERSHEY_SIMPLEX, 0.35, (60, 60, 60), 1, cv2.LINE_AA)
+    cv2.putText(img, fit_text(title, width, 0.4), (left, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (20, 20, 20), 1,
+                cv2.LINE_AA)
+    for x0 in range(left, left + width, 8):
+        cv2.line(img, (x0, y(min_fraction)), (min(x0 + 3, left + width - 1), y(min_fraction)), (120, 120, 120), 1)
     prev = None
     for t, fraction, status in frames:
         if status != "ok" or fraction is None:
-            cv2.line(img, (ax.x(t), ax.top + ax.height - 8), (ax.x(t), ax.top + ax.height - 1), (0, 0, 230), 1)
+            cv2.line(img, (x(t), bottom - 7), (x(t), bottom), (0, 0, 230), 1)
             prev = None
             continue
-        point = (ax.x(t), ax.y(fraction))
-        cv2.line(img, prev or point, point, (200, 90, 20), 1, cv2.LINE_AA)
-        prev = point
+        cv2.line(img, prev or (x(t), y(fraction)), (x(t), y(fraction)), (200, 90, 20), 1, cv2.LINE_AA)
+        prev = (x(t), y(fraction))
     return img
 
 
-# ---- files ------------------------------------------------------------------------------------
-
-def png_bytes(img: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
-
-
-def data_uri(img: np.ndarray) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode()
-
-
-PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 16px; background: #fafafa; color: #222; }
-.grid { display: flex; flex-wrap: wrap; gap: 8px; }
-.tile { margin: 0; width: 240px; background: #fff; border: 1px solid #ddd; }
-.tile img { display: block; width: 240px; height: 180px; }
-.tile figcaption { font-size: 12px; padding: 4px; overflow-wrap: anywhere; }
-.strip { margin: 8px 0; }
-.strip img { max-width: 100%; border: 1px solid #ddd; }
-table.errors { border-collapse: collapse; font-size: 13px; }
-table.errors td, table.errors th { border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
-.note { color: #a40; }
-"""
-
-
-def tile_html(tile: Tile) -> str:
-    name, detail = (html.escape(s) for s in caption_lines(tile.row))
-    note = f'<br><span class="note">{html.escape(tile.note)}</span>' if tile.note else ""
-    return (f'<figure class="tile" title="{html.escape(tile.row["uri"])}"><img alt="{name}" '
-            f'src="{data_uri(tile.image)}"><figcaption><b>{name}</b><br>{detail}{note}</figcaption></figure>')
-
-
-def errors_html(groups: list[dict], total: int) -> str:
-    if not groups:
-        return "<p>No error rows match.</p>"
-    head = "<tr><th>id</th><th>rows</th><th>frames</th><th>error</th></tr>"
-    body = ""
-    for g in groups:
-        frames = "" if g["first_frame"] is None else f"{g['first_frame']}-{g['last_frame']}"
-        body += (f"<tr><td title=\"{html.escape(g['uri'] or '')}\">{html.escape(g['id'])}</td><td>{g['n']}</td>"
-                 f"<td>{frames}</td><td>{html.escape(g['error'] or '')}</td></tr>")
-    more = f"<p>First {len(groups)} groups shown.</p>" if len(groups) == MAX_ERROR_GROUPS else ""
-    return f'<p>{total} error row(s).</p><table class="errors">{head}{body}</table>{more}'
-
-
-def page_html(title: str, summary: str, tiles: list[Tile], strips: list[tuple[str, np.ndarray]],
-              errors: str) -> str:
-    tiles_part = "".join(tile_html(t) for t in tiles) or "<p>No ok rows match.</p>"
-    strips_part = "".join(
-        f'<figure class="strip"><img alt="person fraction of {html.escape(i)}" src="{data_uri(img)}">'
-        f"<figcaption>{html.escape(i)}</figcaption></figure>" for i, img in strips) or "<p>No videos match.</p>"
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{PAGE_STYLE}</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>"
-            f'<h2>Sample</h2><div class="grid">{tiles_part}</div>'
-            f"<h2>Person fraction over time</h2><p>Line: person fraction of each processed frame; green: person "
-            f"segments; dashed: presence threshold; red ticks: error frames.</p>{strips_part}"
-            f"<h2>Errors</h2>{errors}</body></html>")
-
+# ---- the command ------------------------------------------------------------------------------
 
 @click.command(epilog="Exit codes: 0 written; 2 missing OUT or a bad --where predicate.")
 @click.argument("out")
