@@ -15,6 +15,7 @@ from humanseg_batch.pipeline.ledger import Ledger, RunMismatchError, read_run_re
 from humanseg_batch.pipeline.manifest import ManifestError
 from humanseg_batch.pipeline.storage import Storage
 
+from . import console
 from .config import RunConfig, build_config
 from .runner import EXIT_FAILED_SHARDS, EXIT_ITEM_ERRORS, EXIT_OK, EXIT_USAGE, prepare, print_summary
 
@@ -74,11 +75,11 @@ def flags_to_config(manifest: str, config_file: str | None, **flags) -> RunConfi
 def execute(cfg: RunConfig, overwrite: bool = False, observers=()) -> int:
     """Run a config with its executor; return the exit code."""
     start = CLI_STARTED if CLI_STARTED else time.time()
-    log = lambda msg: click.echo(msg, err=True)  # noqa: E731
+    log = console.log
     try:
         prep = prepare(cfg, overwrite=overwrite, log=log, started=start)
     except (ManifestError, CheckpointError, RunMismatchError, ValueError) as exc:
-        click.echo(f"error: {exc}", err=True)
+        console.log(f"error: {exc}", level="error")
         return EXIT_USAGE
     log(f"{prep.summary.items} item(s) in {len(prep.shards)} shard(s) to process; "
         f"{prep.summary.shards_skipped} shard(s) already committed")
@@ -93,11 +94,13 @@ def execute(cfg: RunConfig, overwrite: bool = False, observers=()) -> int:
     prep.summary.count(prep.ledger)
     prep.summary.seconds = time.time() - start
     print_summary(prep.summary, cfg.output, log=log)
+    console.summary_line(prep.summary, cfg.output)
     return prep.summary.exit_code
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="humanseg-batch")
+@console.options
 def cli():
     """Person masks for every image and video frame of a large archive.
 
@@ -114,6 +117,7 @@ def cli():
 @click.argument("manifest")
 @run_options
 @click.option("--overwrite", is_flag=True, help="Delete this tool's results in OUT first and start over.")
+@console.options
 def run(manifest, config_file, overwrite, **flags):
     """Segment every image and video frame listed in MANIFEST (CSV, Parquet or JSONL with a `uri` column).
 
@@ -211,6 +215,7 @@ def status(output, as_json, endpoint_url):
 @click.option("--batch-size", type=int, help="Override the batch size (does not change results).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Override the model device.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar.")
+@console.options
 def retry(output, errors, **overrides):
     """Re-run the failed and unfinished shards of OUTPUT with its recorded settings."""
     storage = Storage(output, overrides.get("endpoint_url"))

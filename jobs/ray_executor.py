@@ -10,6 +10,7 @@ stays bounded whatever the size of the manifest or the length of a video.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 import zlib
@@ -42,11 +43,15 @@ def connect(address: str | None, log=print) -> None:
     if address:
         info = ray.init(address=address, logging_level="WARNING")
     else:  # no dashboard: it costs seconds of start-up; loopback only
+        # Ray (2.60) turns token auth on for a new local cluster and says so on every run: keep it on,
+        # drop the notice (a cluster's auth is set where the cluster is made: infra/README.md).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         info = ray.init(_node_ip_address=LOCAL_IP, include_dashboard=False, logging_level="WARNING")
     where = f"cluster {address}" if address else "embedded local Ray"
     dashboard = f"; dashboard http://{info.dashboard_url}" if info.dashboard_url else ""
+    job = f"; Ray job {ray.get_runtime_context().get_job_id()}" if address else ""
     log(f"ray: {where}; resources CPU={ray.cluster_resources().get('CPU', 0):g} "
-        f"GPU={ray.cluster_resources().get('GPU', 0):g}{dashboard}")
+        f"GPU={ray.cluster_resources().get('GPU', 0):g}{dashboard}{job}")
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1)

@@ -150,6 +150,9 @@ def print_summary(summary: RunSummary, output: str, log=print) -> None:
 
 def progress_bar(prep: Prepared):
     from tqdm import tqdm
-    return tqdm(total=prep.summary.items, unit="item", disable=not prep.config.progress or not prep.summary.items,
+
+    from .console import show_progress  # none under --quiet or --log-format json
+    shown = prep.config.progress and prep.summary.items and show_progress()
+    return tqdm(total=prep.summary.items, unit="item", disable=not shown,
                 file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
 

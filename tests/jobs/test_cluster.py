@@ -1,5 +1,6 @@
 """Cluster path: a real `ray start --head` node on loopback, jobs submitted through the Jobs API."""
 import os
+import re
 import shutil
 import signal
 import socket
@@ -75,6 +76,8 @@ def test_submit_runs_on_the_cluster(ray_head, media, tmp_path, tiny_weights):
                           env=cluster_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "submitted job" in proc.stderr and "SUCCEEDED" in proc.stderr
+    # the run itself (its log, followed on stdout) says where the cluster's dashboard is and which Ray job it is
+    assert re.search(r"dashboard http://127\.0\.0\.1:\d+; Ray job [0-9a-f]+", proc.stdout), proc.stdout[-3000:]
     rows = read_rows(out)
     assert len(rows) == 2 + 24 and all(r["status"] == "ok" for r in rows)
 
