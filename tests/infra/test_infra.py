@@ -652,3 +652,11 @@ def test_pods_run_as_the_user_the_images_end_with():
     for spec in [one("RayCluster")["spec"], one("RayJob")["spec"]["rayClusterSpec"]]:
         for pod in pod_specs(spec):
             assert str(pod["securityContext"]["runAsUser"]) in uids
+
+
+def test_kuberay_clusters_use_token_auth_with_a_ray_that_has_it():
+    """KubeRay refuses authOptions.mode=token below Ray 2.52 (its ValidateRayClusterSpec); without it, anyone who
+    reaches the head's dashboard port can run code on the cluster."""
+    for spec in [one("RayCluster")["spec"], one("RayJob")["spec"]["rayClusterSpec"]]:
+        assert spec.get("authOptions", {}).get("mode") == "token"
+        assert tuple(int(x) for x in spec["rayVersion"].split(".")[:2]) >= (2, 52)
