@@ -209,7 +209,7 @@ def validate(model: UNet, images: torch.Tensor, masks: torch.Tensor, norm: _Norm
             logits = model(x)
         loss_sum += float(bce_dice_loss(logits, y)) * len(x)
         pred = logits.float() > 0
-        for p, t in zip(pred, y.bool()):
+        for p, t in zip(pred[:, 0], y[:, 0]):   # labels as they are: unknown pixels are not counted
             counts = confusion(p, t)
             pooled = [a + b for a, b in zip(pooled, counts)]
             s = scores(*counts)

@@ -20,6 +20,9 @@ import json
 import subprocess
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from humanseg_batch.model.augment import AugmentConfig
 from humanseg_batch.model.checkpoint import WEIGHTS_DIR, load_checkpoint, save_checkpoint
 from humanseg_batch.model.data import add_material, load_folder, save_pack
@@ -46,7 +49,7 @@ TIERS = {
     # letterbox (a portrait photo loses as little as a landscape one); trained on 256x256, shipped larger
     "quality": dict(model=UNetConfig(name="quality", encoder="mobilenetv2", base_width=16, depth=5,
                                      input_height=256, input_width=256),
-                    epochs=12, lr=2e-3, encoder_lr_scale=0.1, composites=600, batch_size=12),
+                    epochs=8, lr=2e-3, encoder_lr_scale=0.1, composites=500, batch_size=12),
 }
 AUGMENT = AugmentConfig(channel_swap=0.2, distractors=(0, 2), composite_people=(1, 5), person_scale=(0.05, 1.2))
 
@@ -54,8 +57,27 @@ AUGMENT = AugmentConfig(channel_swap=0.2, distractors=(0, 2), composite_people=(
 def pack(args) -> None:
     """Scenes from HUMAN/train, cut-outs and backgrounds from HUMAN -> one .npz (carried to a GPU machine)."""
     samples = add_material(load_folder(HUMAN / "train"), HUMAN)
+    # training never sees more than ~2x the model input: smaller files, faster decoding and augmentation
+    samples.images, samples.masks = zip(*(shrink(i, m, 640) for i, m in zip(samples.images, samples.masks)))
+    samples.images, samples.masks = list(samples.images), list(samples.masks)
+    samples.cutouts = [shrink(rgb, alpha, 400) for rgb, alpha in samples.cutouts]
+    samples.backgrounds = [shrink(b, None, 640)[0] for b in samples.backgrounds]
     save_pack(args.out, samples)
     print(f"{args.out}: {len(samples)} scenes, {len(samples.cutouts)} cut-outs, {len(samples.backgrounds)} backgrounds")
+
+
+def shrink(image: np.ndarray, mask: np.ndarray | None, longest: int):
+    """Scale an image (and its label or alpha, nearest-neighbour for labels) so its long side is <= longest."""
+    h, w = image.shape[:2]
+    s = longest / max(h, w)
+    if s >= 1:
+        return image, mask
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    if mask is None:
+        return small, None
+    labels = mask.max(initial=0) <= 2       # 0/1/unknown labels stay labels; an alpha is resampled smoothly
+    return small, cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST if labels else cv2.INTER_AREA)
 
 
 def fast_start(out: Path) -> Path:

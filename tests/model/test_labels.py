@@ -105,3 +105,19 @@ def test_temporal_smoothing_removes_one_frame_flips_without_lag():
     assert [p for _, p in s.push(np.zeros((2, 2), np.uint8), "c")] == ["b"]     # a new size flushes
     assert [p for _, p in s.flush()] == ["c"] and s.flush() == []
     assert flicker([frames[0]]) == 0.0 and flicker([frames[0], frames[1]]) == 8 / 40
+
+
+def test_validation_does_not_count_unknown_pixels():
+    from humanseg_batch.model.train import _Normalise, validate
+    from humanseg_batch.model.unet import build_unet
+
+    model = build_unet(base_width=4, depth=2, input_height=16, input_width=16)
+    masks = torch.zeros((2, 16, 16), dtype=torch.uint8)
+    masks[:, :8] = 1
+    masks[:, 8:12] = UNKNOWN                 # a quarter unknown, the last quarter background
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.constant_(model.head.bias, 5.0)        # "person" everywhere
+    row = validate(model, torch.zeros((2, 16, 16, 3), dtype=torch.uint8), masks,
+                   _Normalise(model.config, torch.device("cpu")), "fp32")
+    # person everywhere: 128 true, 64 false person pixels; the 64 unknown ones count for nothing
+    assert abs(row["val_iou"] - 2 / 3) < 1e-6 and row["val_fpr"] == 1.0
