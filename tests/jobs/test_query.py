@@ -239,6 +239,22 @@ def test_documented_examples_answer_their_questions(designed_out, question, expe
     assert [{k: r[k] for k in expected[0]} for r in got] == [pytest.approx(e) for e in expected]
 
 
+@pytest.fixture(scope="module")
+def long_person_out(tmp_path_factory):
+    """Two 300-second videos sampled every 10 s: people for 100 s in cam3, for 30 s in cam4."""
+    out = tmp_path_factory.mktemp("long") / "out"
+    rows = [frame_row(k, "shard-c", n, frame_index=i, t=10.0 * i, fraction=0.3 if first <= i <= last else 0.0)
+            for n, (k, first, last) in enumerate([("cam3.mp4", 0, 10), ("cam4.mp4", 5, 8)]) for i in range(31)]
+    items = (Item(0, "cam3.mp4", "cam3.mp4", "auto"), Item(1, "cam4.mp4", "cam4.mp4", "auto"))
+    Ledger(Storage(str(out))).commit(Shard("shard-c", items), rows, {})
+    return out
+
+
+def test_documented_example_on_long_person_time(long_person_out):
+    got = rows_of(long_person_out, docs_sql("people for more than a minute"))
+    assert got == [{"id": "cam3.mp4", "person_s": 100.0, "share_of_video": pytest.approx(0.333)}]
+
+
 def test_query_reads_an_output_on_s3(run_out, s3_bucket, s3_server, tmp_path):
     fs, bucket = s3_bucket
     fs.put(str(run_out), f"{bucket}/runs/out", recursive=True)     # the stray uncommitted Parquet goes too
