@@ -136,7 +136,7 @@ def in_build_context(path: str, patterns: list[str]) -> bool:
 def torch_pins_of_setup_path() -> set[str]:
     """torch==X in constraints-cpu.txt, which make install, .ci/run and the wheel check give to every pip call."""
     text = (REPO / "constraints-cpu.txt").read_text()
-    pins = set(re.findall(r"^torch==([\w.]+)\s*$", text, re.M))
+    pins = set(re.findall(r"^torch==([\w.]+)(?:\+\w+)?\s*$", text, re.M))  # the version, without +cpu
     assert len(pins) == 1, f"constraints-cpu.txt should pin torch exactly once, found {sorted(pins)}"
     return pins
 
