@@ -1,4 +1,5 @@
-"""The driver side of a run: plan against what is committed, execute, commit shards, summarise."""
+"""The driver side of a run: check the run record, ask the ledger what is left, hand shards to an
+executor (each feeds the ledger's ShardAssembly, which commits), summarise."""
 from __future__ import annotations
 
 import sys
