@@ -79,36 +79,49 @@ def ray_local(s3_server):
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def s3_server():
-    """A real S3-compatible HTTP server (moto's server mode) on 127.0.0.1.
-
-    `.ci/run` starts one and exports HUMANSEG_TEST_S3_ENDPOINT; otherwise this fixture
-    starts its own. Yields the endpoint url; AWS test credentials are set in the environment.
-    """
-    import socket
+def start_moto(log_path: Path):
+    """moto's S3 server on a port the OS picks (-p 0), read back from the line it prints once bound:
+    no window in which another process could take a port chosen in advance. Fails the session loudly
+    (with the server's output) if it does not come up."""
+    import re
     import subprocess
     import sys
     import time
     import urllib.request
 
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", "0"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    deadline, endpoint = time.time() + 60, None
+    while time.time() < deadline and proc.poll() is None:
+        bound = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log_path.read_text())
+        if bound:
+            endpoint = bound.group(1)
+            try:
+                urllib.request.urlopen(endpoint, timeout=2)
+                return proc, endpoint
+            except Exception:  # noqa: BLE001 - bound but not answering yet
+                pass
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=10)
+    pytest.fail(f"the moto S3 server did not start (endpoint {endpoint}, exit {proc.returncode}):\n"
+                f"{log_path.read_text()[-3000:]}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible HTTP server (moto's server mode) on 127.0.0.1.
+
+    HUMANSEG_TEST_S3_ENDPOINT, if set, names one already running; otherwise this fixture starts
+    its own. Yields the endpoint url; AWS test credentials are set in the environment.
+    """
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     os.environ.pop("AWS_PROFILE", None)
     endpoint = os.environ.get("HUMANSEG_TEST_S3_ENDPOINT")
     proc = None
     if not endpoint:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        endpoint = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(endpoint, timeout=1)
-                break
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.1)
+        proc, endpoint = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
     os.environ["HUMANSEG_S3_ENDPOINT_URL"] = endpoint
     yield endpoint
     if proc is not None:

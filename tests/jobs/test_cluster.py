@@ -23,42 +23,67 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory):
-    """`ray start --head --block` in its own process group; stopping it stops only this node."""
+def start_head(temp: Path) -> tuple[subprocess.Popen, str] | None:
+    """`ray start --head --block` in its own process group, up when it runs a job; None if it died or
+    never answered (a port picked here was taken before Ray bound it: the caller tries new ports)."""
+    from ray.job_submission import JobSubmissionClient
+
     gcs, dash = free_port(), free_port()
     # every port of its own: another Ray on this machine (e.g. the session's embedded one) holds the defaults,
     # and a job agent that cannot bind leaves the head without a way to run jobs
     agent_ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
                    f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
                    f"--ray-client-server-port={free_port()}"]
-    temp = tmp_path_factory.mktemp("rayhead")
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}:{os.environ['PATH']}")  # as on a node with the package installed
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", f"--temp-dir={temp}",
-         "--include-dashboard=true", "--disable-usage-stats", *agent_ports],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(temp / "ray-start.log", "a") as log:        # a file: a full pipe would stall the head
+        proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", f"--temp-dir={temp}",
+             "--include-dashboard=true", "--disable-usage-stats", *agent_ports],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
-    while time.time() < deadline:
-        try:   # up = a job can be submitted (the job agent starts after the dashboard)
-            from ray.job_submission import JobSubmissionClient
-            JobSubmissionClient(address).submit_job(entrypoint="true")
-            break
+    while time.time() < deadline and proc.poll() is None:
+        try:   # up = a job can be submitted (the job agent starts after the dashboard) ...
+            job = JobSubmissionClient(address).submit_job(entrypoint="true")
         except Exception:  # noqa: BLE001 - not up yet
-            if proc.poll() is not None:
-                pytest.fail(f"ray start failed: {proc.stdout.read().decode()[-2000:]}")
             time.sleep(1)
-    else:
-        pytest.fail("the Ray head did not come up in 120 s")
-    yield address
-    os.killpg(proc.pid, signal.SIGTERM)
+            continue
+        # ... to this head: its driver log appears under this head's temp dir, not another Ray's
+        while time.time() < deadline and not list(temp.glob(f"session_*/logs/job-driver-{job}.log")):
+            time.sleep(0.5)
+        if list(temp.glob(f"session_*/logs/job-driver-{job}.log")):
+            return proc, address
+        break
+    stop_head(proc)
+    return None
+
+
+def stop_head(proc: subprocess.Popen) -> None:
+    """Stop the head started here: its own process group (also what is left of it after `ray start` died)."""
     try:
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
+    except ProcessLookupError:
+        pass
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    temp = tmp_path_factory.mktemp("rayhead")
+    for _ in range(3):
+        started = start_head(temp)
+        if started:
+            break
+    else:
+        pytest.fail(f"the Ray head did not come up in 3 tries:\n{(temp / 'ray-start.log').read_text()[-3000:]}")
+    proc, address = started
+    yield address
+    stop_head(proc)
 
 
 def cluster_env():

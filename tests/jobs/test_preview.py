@@ -68,6 +68,7 @@ def test_contact_sheet_and_page(out, tmp_path):
 def test_sample_spreads_over_items_and_follows_the_seed(out, tmp_path):
     def tile_ids(seed):
         code, text = run_preview(out, "--limit", "4", "--seed", seed, "--out", tmp_path / str(seed))
+        assert code == 0, text
         page = Path(text.split()[1]).read_text()
         return re.findall(r'<figcaption><b>([^<]*)</b><br>([^<]*)<', page)
 

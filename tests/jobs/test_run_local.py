@@ -1,5 +1,7 @@
+import hashlib
 import json
 import os
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from humanseg_batch.jobs.cli import cli
+from humanseg_batch.model import load_checkpoint
 from humanseg_batch.pipeline.write import mask_key, read_mask
-from mediagen import decode_coco_rle, make_image, output_files, read_rows, write_manifest
+from mediagen import decode_coco_rle, make_image, read_rows, write_manifest
 
 
 def run_cli(*args):
@@ -51,7 +54,7 @@ def test_rerun_skips_committed_shards_and_incremental_run_adds_new_ones(media, t
     manifest = base_manifest(media, tmp_path)
     out = tmp_path / "out"
     args = ["-o", out, "--weights", tiny_weights, "--executor", "local", "--shard-size", "2", "--no-progress"]
-    run_cli("run", manifest, *args)
+    assert run_cli("run", manifest, *args)[0] == 3       # the missing file is an error row
     markers = {p.name: p.stat().st_mtime_ns for p in (out / "_shards").glob("*.done.json")}
     code, log = run_cli("run", manifest, *args)
     assert "0 item(s) in 0 shard(s)" in log and code == 0
@@ -59,7 +62,7 @@ def test_rerun_skips_committed_shards_and_incremental_run_adds_new_ones(media, t
     new = make_image(tmp_path / "media" / "new.png", 30, 30, 9)
     base_manifest(media, tmp_path, extra=[{"uri": str(new), "id": "new", "camera": "x"}])
     code, log = run_cli("run", manifest, *args)
-    assert "1 item(s) in 1 shard(s)" in log
+    assert "1 item(s) in 1 shard(s)" in log and code == 0    # the code is for the shards this run processed
     rows = read_rows(out)
     assert [r["id"] for r in rows].count("new") == 1 and len(rows) == 3 + 35 + 24 + 1 + 1
 
@@ -115,15 +118,17 @@ def test_rle_column_matches_the_mask_files(media, tmp_path, tiny_weights):
 def test_run_record_describes_the_run(media, tmp_path, tiny_weights):
     manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(media["a"])}])
     out = tmp_path / "out"
-    run_cli("run", manifest, "-o", out, "--weights", tiny_weights, "--executor", "local", "--no-progress")
+    code, log = run_cli("run", manifest, "-o", out, "--weights", tiny_weights, "--executor", "local", "--no-progress",
+                        "--threshold", "0.7")
+    assert code == 0, log
     record = json.loads((out / "_run.json").read_text())
-    assert record["config"]["weights_sha256"] and record["manifest_fingerprint"] and record["package_version"]
-    assert "_run.json" in output_files(out)
+    assert record["config"]["weights_sha256"] == load_checkpoint(tiny_weights)[1]["sha256"]
+    assert record["config"]["threshold"] == 0.7 and record["config"]["executor"] == "local"
+    assert record["manifest_fingerprint"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert record["package_version"] == version("humanseg-batch")
 
 
 def test_weights_by_shipped_name_and_a_clear_error_for_unknown_ones(media, tmp_path):
-    from humanseg_batch.model import load_checkpoint
-
     manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(media["a"]), "id": "a"}])
     out = tmp_path / "out"
     code, log = run_cli("run", manifest, "-o", out, "--weights", "quality", "--executor", "local", "--no-progress")

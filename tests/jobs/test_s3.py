@@ -56,7 +56,7 @@ def test_manifest_media_masks_and_parquet_on_s3(s3_bucket, media, tmp_path, tiny
     markers = {f: fs.info(f)["LastModified"] for f in fs.find(f"{bucket}/out/_shards")}
     code, log = invoke("run", manifest, "-o", out, "--weights", tiny_weights, "--executor", executor, "--no-progress",
                        "--shard-size", "2", "--video-chunk-seconds", "1")
-    assert "0 item(s) in 0 shard(s)" in log
+    assert "0 item(s) in 0 shard(s)" in log and code == 0
     fs.invalidate_cache()
     assert {f: fs.info(f)["LastModified"] for f in fs.find(f"{bucket}/out/_shards")} == markers
     code, log = invoke("status", out, "--json")
@@ -70,12 +70,14 @@ def test_resume_on_s3_after_an_uncommitted_shard(s3_bucket, media, tmp_path, tin
     manifest = upload_media(fs, bucket, media, tmp_path)
     out = f"s3://{bucket}/out2"
     args = ["-o", out, "--weights", tiny_weights, "--executor", "local", "--shard-size", "1", "--no-progress"]
-    invoke("run", manifest, *args)
+    assert invoke("run", manifest, *args)[0] == 3             # the relative, missing file is an error row
     # simulate a crash between the Parquet write and the marker of one shard
     marker = sorted(fs.find(f"{bucket}/out2/_shards"))[0]
+    redone = json.loads(fs.cat_file(marker))["ids"]
     fs.rm(marker)
     code, log = invoke("run", manifest, *args)
     assert "removed 1 uncommitted shard file" in log and "1 item(s) in 1 shard(s)" in log
+    assert code == (3 if "rel" in redone else 0), log
     rows = s3_rows(fs, out)
     keys = [(r["id"], r["frame_index"]) for r in rows]
     assert len(keys) == len(set(keys)) == 2 + 24 + 1
