@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -11,17 +12,24 @@ import click
 
 from humanseg_batch.model import CheckpointError
 from humanseg_batch.model.checkpoint import is_model_name, resolve_weights
-from humanseg_batch.pipeline.ledger import Ledger, RunMismatchError, read_run_record
+from humanseg_batch.pipeline.lease import LeaseHeldError
+from humanseg_batch.pipeline.lease import acquire as acquire_lease
+from humanseg_batch.pipeline.ledger import RunMismatchError, read_run_record
 from humanseg_batch.pipeline.manifest import ManifestError
-from humanseg_batch.pipeline.storage import Storage
+from humanseg_batch.pipeline.storage import OutputStorageError, Storage
 
 from . import console
 from .config import RunConfig, build_config
-from .runner import EXIT_FAILED_SHARDS, EXIT_ITEM_ERRORS, EXIT_OK, EXIT_USAGE, prepare, print_summary
+from .runner import EXIT_FAILED_SHARDS, EXIT_ITEM_ERRORS, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, prepare, print_summary
 
 EXIT_CODES_HELP = (f"Exit codes: {EXIT_OK} all items ok; {EXIT_ITEM_ERRORS} finished, some items have status=error; "
-                   f"{EXIT_FAILED_SHARDS} some shards failed (run `humanseg-batch retry OUT`); "
-                   f"{EXIT_USAGE} usage or input error.")
+                   f"{EXIT_FAILED_SHARDS} some shards failed or are damaged (run `humanseg-batch retry OUT`); "
+                   f"{EXIT_USAGE} usage or input error, or OUT is being written by another run; "
+                   f"{EXIT_STORAGE} the output storage failed (unreachable, no credentials, disk full): "
+                   "committed shards are kept, rerun when it is fixed.")
+DEBUG_ENV = "HUMANSEG_DEBUG"
+WAIT_HELP = ("If another run is writing OUT, wait until it ends (or its lease goes stale) instead of "
+             "exiting with 2.")
 
 
 def run_options(f):
@@ -72,12 +80,26 @@ def flags_to_config(manifest: str, config_file: str | None, **flags) -> RunConfi
         raise click.UsageError(str(exc)) from None
 
 
-def execute(cfg: RunConfig, overwrite: bool = False, observers=()) -> int:
-    """Run a config with its executor; return the exit code."""
+def execute(cfg: RunConfig, overwrite: bool = False, observers=(), redo_errors: bool = False,
+            wait: bool = False) -> int:
+    """Run a config with its executor while holding OUT's lease (one writer per output); return the exit code."""
+    try:
+        lease = acquire_lease(cfg.output, cfg.endpoint_url, shlex.join(["humanseg-batch", *sys.argv[1:]])[:300],
+                              wait=wait, log=console.log)
+    except LeaseHeldError as exc:
+        console.log(f"error: {exc}", level="error")
+        return EXIT_USAGE
+    try:
+        return _execute(cfg, overwrite, observers, redo_errors, lease)
+    finally:
+        lease.release()
+
+
+def _execute(cfg: RunConfig, overwrite: bool, observers, redo_errors: bool, lease) -> int:
     start = CLI_STARTED if CLI_STARTED else time.time()
     log = console.log
     try:
-        prep = prepare(cfg, overwrite=overwrite, log=log, started=start)
+        prep = prepare(cfg, overwrite=overwrite, log=log, started=start, lease=lease, redo_errors=redo_errors)
     except (ManifestError, CheckpointError, RunMismatchError, ValueError) as exc:
         console.log(f"error: {exc}", level="error")
         return EXIT_USAGE
@@ -100,6 +122,9 @@ def execute(cfg: RunConfig, overwrite: bool = False, observers=()) -> int:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="humanseg-batch")
+@click.option("--debug", is_flag=True, expose_value=False, is_eager=True, envvar=DEBUG_ENV,
+              callback=lambda ctx, param, value: os.environ.update({DEBUG_ENV: "1"}) if value else None,
+              help="Show the full traceback of a storage failure instead of its one-line reason.")
 @console.options
 def cli():
     """Person masks for every image and video frame of a large archive.
@@ -117,15 +142,16 @@ def cli():
 @click.argument("manifest")
 @run_options
 @click.option("--overwrite", is_flag=True, help="Delete this tool's results in OUT first and start over.")
+@click.option("--wait", is_flag=True, help=WAIT_HELP)
 @console.options
-def run(manifest, config_file, overwrite, **flags):
+def run(manifest, config_file, overwrite, wait, **flags):
     """Segment every image and video frame listed in MANIFEST (CSV, Parquet or JSONL with a `uri` column).
 
     Rerunning the same command resumes: committed shards are skipped, unfinished ones are
     redone whole. A manifest that gained rows processes only the new ones.
     """
     cfg = flags_to_config(manifest, config_file, **flags)
-    sys.exit(execute(cfg, overwrite=overwrite))
+    sys.exit(execute(cfg, overwrite=overwrite, wait=wait))
 
 
 @cli.command(epilog="Also works: ray job submit --address http://HEAD:8265 -- humanseg-batch run MANIFEST -o OUT ...")
@@ -215,9 +241,10 @@ def status(output, as_json, endpoint_url):
 @click.option("--batch-size", type=int, help="Override the batch size (does not change results).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Override the model device.")
 @click.option("--progress/--no-progress", default=None, help="Show a progress bar.")
+@click.option("--wait", is_flag=True, help=WAIT_HELP)
 @console.options
-def retry(output, errors, **overrides):
-    """Re-run the failed and unfinished shards of OUTPUT with its recorded settings."""
+def retry(output, errors, wait, **overrides):
+    """Re-run the failed, unfinished and damaged shards of OUTPUT with its recorded settings."""
     storage = Storage(output, overrides.get("endpoint_url"))
     record = read_run_record(storage)
     if record is None:
@@ -226,10 +253,7 @@ def retry(output, errors, **overrides):
     known = {f.name for f in dataclasses.fields(RunConfig)}
     base = {k: v for k, v in record["config"].items() if k in known}
     cfg = build_config(overrides, base=base)
-    if errors:
-        redo = Ledger(storage).uncommit_errors()
-        click.echo(f"re-processing {len(redo)} shard(s) with error rows", err=True)
-    sys.exit(execute(cfg))
+    sys.exit(execute(cfg, redo_errors=errors, wait=wait))   # --errors takes shards back under the lease
 
 
 def _register_subcommands() -> None:
@@ -261,7 +285,13 @@ def process_start_time() -> float:
 def main() -> None:
     global CLI_STARTED
     CLI_STARTED = process_start_time()
-    cli()
+    try:
+        cli()
+    except OutputStorageError as exc:   # the command's edge: one line and a documented code, not a traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        console.log(f"error: {exc}", level="error")
+        sys.exit(EXIT_STORAGE)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,15 @@ def execute_local(prep: Prepared) -> None:
     inference = LocalInference(segmenter)
     with progress_bar(prep) as bar:
         for shard in prep.shards:
+            if prep.ledger.broken:      # the output storage failed as a whole: nothing more can be written
+                break
             assembly = prep.assemble(shard)
             try:
                 units, rows = expand_shard(shard, prep.context)
                 assembly.expanded(units, rows)
                 for unit in units:
                     assembly.landed(*run_unit(unit, prep.context, inference))
-            except Exception as exc:  # a bug: this shard fails, the run goes on
+            except Exception as exc:  # a bug or the output storage: this shard fails, the run goes on
+                prep.ledger.note_storage_error(exc)
                 assembly.fail(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}")
             bar.update(len(shard.items))

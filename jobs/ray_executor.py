@@ -169,7 +169,8 @@ class Scheduler:
         self.first_info: list[dict] = []
 
     def _submit_next(self) -> None:
-        while len(self.running) < self.cap and (self.todo or self.shards):
+        # once the output storage failed as a whole, nothing new starts (ledger.broken)
+        while len(self.running) < self.cap and (self.todo or self.shards) and not self.prep.ledger.broken:
             if self.todo:
                 prog, unit = self.todo.pop(0)
                 if prog.assembly.failed:
@@ -241,6 +242,7 @@ class Scheduler:
     def _fail(self, prog: ShardProgress, unit, exc: Exception, bar) -> None:
         if prog.assembly.failed:
             return
+        self.prep.ledger.note_storage_error(getattr(exc, "cause", None) or exc)   # a task's own exception
         where = describe(unit) if unit is not None else "planning"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         prog.assembly.fail(f"{type(exc).__name__} in {where} after {self.retries} retries: {first_line}")

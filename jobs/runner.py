@@ -17,7 +17,7 @@ from humanseg_batch.pipeline.storage import Storage
 
 from .config import RunConfig
 
-EXIT_OK, EXIT_ITEM_ERRORS, EXIT_USAGE, EXIT_FAILED_SHARDS = 0, 3, 2, 4
+EXIT_OK, EXIT_ITEM_ERRORS, EXIT_USAGE, EXIT_FAILED_SHARDS, EXIT_STORAGE = 0, 3, 2, 4, 5
 
 
 def package_version() -> str:
@@ -41,9 +41,12 @@ class RunSummary:
     duplicates: list[str] = field(default_factory=list)
     seconds: float = 0.0
     first_result_s: float | None = None   # from the start of the run to the first unit written
+    storage_error: str | None = None      # the output storage failed as a whole: the run stopped early
 
     @property
     def exit_code(self) -> int:
+        if self.storage_error:
+            return EXIT_STORAGE
         return exit_code(bool(self.shards_failed), bool(self.rows_error))
 
     def count(self, ledger: Ledger) -> None:
@@ -54,6 +57,7 @@ class RunSummary:
             self.rows_error += marker["rows_error"]
             self.frames += marker["video_frames"]
         self.shards_failed.update(ledger.failed_now)
+        self.storage_error = ledger.broken
 
 
 def exit_code(unfinished: bool, row_errors: bool) -> int:
@@ -107,8 +111,25 @@ def run_record(cfg: RunConfig, model: ModelInfo, manifest: Manifest) -> dict:
             "created": time.time(), "runs": 1}
 
 
-def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float | None = None) -> Prepared:
-    storage = Storage(cfg.output, cfg.endpoint_url)
+def tidy_output(ledger: Ledger, log=print) -> None:
+    """Under the lease: what earlier writers left half-done or damaged becomes work again."""
+    temps = ledger.remove_temp_files()
+    if temps:
+        log(f"removed {len(temps)} temporary file(s) of interrupted writes")
+    damaged = ledger.damaged()
+    if damaged:
+        name, why = next(iter(damaged.items()))
+        log(f"{len(damaged)} committed shard(s) are damaged (e.g. {name}: {why}); they are redone whole")
+        ledger.uncommit(list(damaged))
+    leftovers = ledger.remove_leftovers()
+    if leftovers:
+        log(f"removed {len(leftovers)} uncommitted shard file(s) left by an interrupted run")
+
+
+def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float | None = None,
+            lease=None, redo_errors: bool = False) -> Prepared:
+    """Everything before the first unit; `lease` (pipeline/lease.py) guards every write to OUT."""
+    storage = Storage(cfg.output, cfg.endpoint_url, writer_check=lease.check if lease else None)
     model, model_path = model_info(cfg)
     log(f"model: {model.name}  weights: {model_path} (sha256 {model.weights_sha256[:16]})")
     manifest = read_manifest(cfg.manifest, cfg.endpoint_url)
@@ -116,10 +137,12 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
         wipe_output(storage)
     check_or_write_run_record(storage, run_record(cfg, model, manifest), list(RunConfig.COMPAT))
     ledger = Ledger(storage, manifest)
-    leftovers = ledger.remove_leftovers()
-    if leftovers:
-        log(f"removed {len(leftovers)} uncommitted shard file(s) left by an interrupted run")
+    if redo_errors:
+        log(f"re-processing {len(ledger.uncommit_errors())} shard(s) with error rows")
+    tidy_output(ledger, log)
     shards = ledger.plan(cfg.shard_size)
+    if ledger.clear_stale_failures(shards):
+        log("cleared failure records of shards that are no longer in the plan (the manifest changed)")
     pause_point("planned")
     done_ids = ledger.done_ids
     manifest_ids = set(manifest.items.column("id").to_pylist())
@@ -141,7 +164,10 @@ def print_summary(summary: RunSummary, output: str, log=print) -> None:
         log(f"manifest has {len(s.duplicates)} duplicate id(s), each processed once (e.g. {s.duplicates[0]!r})")
     if s.removed_from_manifest:
         log(f"{s.removed_from_manifest} committed item(s) are no longer in the manifest; their rows are kept")
-    if s.shards_failed:
+    if s.storage_error:
+        log(f"error: {s.storage_error}")
+        log(f"the run stopped; committed shards are kept. When the storage is back: humanseg-batch retry {output}")
+    elif s.shards_failed:
         name, reason = next(iter(s.shards_failed.items()))
         log(f"failed shard {name}: {reason}")
         log(f"next: humanseg-batch status {output}   then   humanseg-batch retry {output}")

@@ -37,31 +37,45 @@ def summarise(output: str, endpoint_url: str | None = None) -> dict:
     except (ManifestError, OSError) as exc:
         manifest_problem = str(exc)
     ledger = Ledger(storage, manifest)
-    pending = ledger.pending(cfg["shard_size"]) if manifest is not None else None
-    markers = ledger.done.values()
+    damaged = ledger.damaged()
+    failed, pending = ledger.failed, None
+    if manifest is not None:    # as `retry` will see it: failure records that no longer match the plan are void
+        plan = ledger.plan(cfg["shard_size"])
+        stale = set(ledger.stale_failures(plan))
+        failed = {n: f for n, f in failed.items() if n not in stale}
+        pending = len([s for s in plan if s.name not in failed])
+    markers = [m for s, m in ledger.done.items() if s not in damaged]
     summary = {
         "output": output, "manifest": cfg["manifest"], "model": cfg.get("model"),
         "weights_sha256": cfg.get("weights_sha256"), "runs": record.get("runs", 1),
-        "shards": {"committed": len(ledger.done), "failed": len(ledger.failed), "pending": pending},
+        "shards": {"committed": len(markers), "failed": len(failed), "pending": pending},
         "rows": {"ok": sum(m.get("rows_ok", 0) for m in markers), "error": sum(m.get("rows_error", 0) for m in markers)},
         "items_committed": sum(len(m.get("ids", ())) for m in markers),
         # video frame rows; markers written before `video_frames` existed only have `frames` (images too)
         "frames": sum(m.get("video_frames", m.get("frames", 0)) for m in markers),
-        "failed_shards": {s: f.get("reason", "").split("\n", 1)[0] for s, f in sorted(ledger.failed.items())},
-        "common_errors": [{"error": e, "rows": n} for e, n in common_errors(storage, ledger.shards_with_errors())],
+        "failed_shards": {s: f.get("reason", "").split("\n", 1)[0] for s, f in sorted(failed.items())},
+        # committed, but the Parquet file is missing or not the one committed: `retry` redoes them whole
+        "damaged_shards": damaged,
+        "common_errors": [{"error": e, "rows": n} for e, n in
+                          common_errors(storage, [s for s in ledger.shards_with_errors() if s not in damaged])],
         "manifest_problem": manifest_problem,
     }
     summary["next"] = next_step(summary)
     return summary
 
 
+def unfinished(s: dict) -> bool:
+    """What `retry` would redo: failed, pending and damaged shards."""
+    return bool(s["shards"]["failed"] or s["shards"]["pending"] or s["damaged_shards"])
+
+
 def status_exit_code(s: dict) -> int:
-    return exit_code(bool(s["shards"]["failed"] or s["shards"]["pending"]), bool(s["rows"]["error"]))
+    return exit_code(unfinished(s), bool(s["rows"]["error"]))
 
 
 def next_step(s: dict) -> str:
     out = s["output"]
-    if s["shards"]["failed"] or s["shards"]["pending"]:
+    if unfinished(s):
         return f"humanseg-batch retry {out}"
     if s["rows"]["error"]:
         return f"humanseg-batch retry {out} --errors   (re-processes the items whose rows have status=error)"
@@ -82,6 +96,8 @@ def format_summary(s: dict) -> str:
         lines.append(f"manifest   cannot be read now: {s['manifest_problem']}")
     for shard, reason in list(s["failed_shards"].items())[:5]:
         lines.append(f"failed     {shard}: {reason}")
+    for shard, why in list(s["damaged_shards"].items())[:5]:
+        lines.append(f"damaged    {shard}: {why}")
     for e in s["common_errors"]:
         lines.append(f"error x{e['rows']:<5} {e['error']}")
     lines.append(f"next       {s['next']}")

@@ -1,25 +1,31 @@
 """A shard's life in OUT, from plan to commit. The only code that names or reads shard markers.
 
     OUT/_run.json                    the run record: settings that change results, checked on resume
-    OUT/_shards/<shard>.done.json    a committed shard, written after its masks and Parquet (stats + ids)
+    OUT/_shards/<shard>.done.json    a committed shard, written after its masks and Parquet (stats, ids, and
+                                     the Parquet file's name, rows, bytes and sha256, so a commit can be verified)
     OUT/_shards/<shard>.failed.json  why a shard failed (removed when it commits)
 
 A Parquet file without a done marker is a leftover of an interrupted run and is removed before
-new work starts; the shard is then redone whole. Executors only feed a `ShardAssembly` the
+new work starts (only by the holder of OUT's lease, pipeline/lease.py, so never a file another
+writer is still committing); the shard is then redone whole. A committed shard whose Parquet file
+is missing or differs from its marker is "damaged": taken back and redone whole like a failed one. Executors only feed a `ShardAssembly` the
 rows of each unit; the assembly commits through the ledger when the last unit is in.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
+import pyarrow.parquet as pq
+
 from .faults import pause_point
 from .manifest import Manifest
 from .plan import Shard, plan_shards
-from .storage import Storage
+from .storage import OutputStorageError, Storage
 from .write import MASKS_DIR, METADATA_DIR, parquet_bytes, rows_table, shard_parquet_path, with_extras
 
 RUN_RECORD = "_run.json"
@@ -73,6 +79,26 @@ def wipe_output(storage: Storage) -> None:
     storage.remove(RUN_RECORD)
 
 
+def _commit_problem(storage: Storage, shard: str, marker: dict, sizes: dict[str, int]) -> str | None:
+    """Why a committed shard's Parquet file is not the one its marker recorded, or None."""
+    rel = shard_parquet_path(shard)
+    size, want = sizes.get(rel.rsplit("/", 1)[-1]), marker.get("parquet", {})
+    if size is None:
+        return f"{rel} is missing"
+    if "bytes" in want and size != want["bytes"]:   # markers older than verified commits have no size
+        return f"{rel} has {size} bytes, {want['bytes']} were committed"
+    try:
+        with storage.open(rel) as f:
+            rows = pq.read_metadata(f).num_rows
+    except OutputStorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable footer means the same: redo the shard
+        return f"{rel} is unreadable ({type(exc).__name__})"
+    if rows != marker.get("rows", rows):
+        return f"{rel} has {rows} rows, {marker['rows']} were committed"
+    return None
+
+
 class Ledger:
     """What OUT holds shard by shard (committed, failed), and every change to it."""
 
@@ -81,6 +107,7 @@ class Ledger:
         self.manifest = manifest                # its extra columns join the rows at commit
         self.committed_now: list[dict] = []     # markers written by this process (the run summary)
         self.failed_now: dict[str, str] = {}    # shard -> reason, by this process
+        self.broken: str | None = None          # why the output storage as a whole failed, if it did
 
     @cached_property
     def _markers(self) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -117,6 +144,41 @@ class Ledger:
         """Shards neither committed nor failed."""
         return len([s for s in self.plan(shard_size) if s.name not in self.failed])
 
+    def stale_failures(self, shards: list[Shard]) -> list[str]:
+        """Failure records that no longer match the plan (items left the manifest, or regrouped)."""
+        planned = {s.name: [i.id for i in s.items] for s in shards}
+        return sorted(n for n, rec in self.failed.items() if planned.get(n) != rec.get("ids", planned.get(n)))
+
+    def clear_stale_failures(self, shards: list[Shard]) -> list[str]:
+        stale = self.stale_failures(shards)
+        for shard in stale:
+            self.storage.remove(_marker_path(shard, FAILED))
+            del self.failed[shard]
+        return stale
+
+    def damaged(self) -> dict[str, str]:
+        """Committed shards whose Parquet file is missing or not the one committed: shard -> why.
+        Cheap: sizes from one listing, then each file's footer (row count), read concurrently."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        sizes = self.storage.sizes(METADATA_DIR)
+        shards = sorted(self.done)
+        with ThreadPoolExecutor(8) as pool:
+            problems = pool.map(lambda s: _commit_problem(self.storage, s, self.done[s], sizes), shards)
+        return {s: p for s, p in zip(shards, problems) if p}
+
+    def uncommit(self, shards: list[str]) -> None:
+        """Take committed shards back so they are redone whole. Marker first, so a crash in between
+        leaves a shard merely unfinished."""
+        for shard in shards:
+            self.storage.remove(_marker_path(shard))
+            self.storage.remove(shard_parquet_path(shard))
+            del self.done[shard]
+
+    def remove_temp_files(self) -> list[str]:
+        """Temp files of writes that were interrupted (a kill, a full disk) in the ledger's folders."""
+        return [n for rel in ("", SHARDS_DIR, METADATA_DIR) for n in self.storage.remove_temp_files(rel)]
+
     def remove_leftovers(self) -> list[str]:
         """Delete Parquet files of shards without a marker (leftovers of an interrupted run)."""
         removed = []
@@ -145,10 +207,13 @@ class Ledger:
         table = rows_table(rows)
         if self.manifest is not None:
             table = with_extras(table, self.manifest.extras_at(table.column("manifest_row").to_pylist()))
-        self.storage.write_bytes(shard_parquet_path(shard.name), parquet_bytes(table))
+        data = parquet_bytes(table)
+        self.storage.write_bytes(shard_parquet_path(shard.name), data)
         pause_point("commit")
+        parquet = {"file": shard_parquet_path(shard.name), "rows": table.num_rows, "bytes": len(data),
+                   "sha256": hashlib.sha256(data).hexdigest()}
         marker = dict(stats, rows_ok=ok, rows_error=len(rows) - ok, video_frames=video_frames, shard=shard.name,
-                      rows=table.num_rows, ids=[i.id for i in shard.items], committed_at=time.time())
+                      rows=table.num_rows, ids=[i.id for i in shard.items], committed_at=time.time(), parquet=parquet)
         self.storage.write_bytes(_marker_path(shard.name), json.dumps(marker).encode())
         self.storage.remove(_marker_path(shard.name, FAILED))
         self.done[shard.name] = marker
@@ -157,19 +222,27 @@ class Ledger:
         return marker
 
     def fail(self, shard: Shard, reason: str) -> None:
+        """Record a shard's failure. Never raises for the storage: a record that cannot be written is
+        only said (the shard is unfinished either way, and the next run redoes it)."""
         record = {"shard": shard.name, "reason": reason, "ids": [i.id for i in shard.items], "failed_at": time.time()}
-        self.storage.write_bytes(_marker_path(shard.name, FAILED), json.dumps(record).encode())
-        self.failed[shard.name] = record
         self.failed_now[shard.name] = reason
+        try:
+            self.storage.write_bytes(_marker_path(shard.name, FAILED), json.dumps(record).encode())
+        except Exception as exc:  # noqa: BLE001 - the storage that failed the shard may fail this too
+            self.note_storage_error(exc)
+            self.failed_now[shard.name] = f"{reason} (its failure record could not be written: {exc})"
+            return
+        self.failed[shard.name] = record
+
+    def note_storage_error(self, exc: BaseException) -> None:
+        """Remember a failure of the output storage as a whole: executors stop starting work."""
+        if isinstance(exc, OutputStorageError) and self.broken is None:
+            self.broken = str(exc)
 
     def uncommit_errors(self) -> list[str]:
-        """Take back the committed shards that have error rows (`retry --errors`); return their names.
-        Marker first, so a crash in between leaves a shard merely unfinished."""
+        """Take back the committed shards that have error rows (`retry --errors`); return their names."""
         shards = self.shards_with_errors()
-        for shard in shards:
-            self.storage.remove(_marker_path(shard))
-            self.storage.remove(shard_parquet_path(shard))
-            del self.done[shard]
+        self.uncommit(shards)
         return shards
 
 
@@ -217,5 +290,6 @@ class ShardAssembly:
         try:
             self.ledger.commit(self.shard, self.rows, self.stats)
         except Exception as exc:  # noqa: BLE001 - storage failure: this shard fails, the run goes on
+            self.ledger.note_storage_error(exc)
             self.fail(f"commit failed: {type(exc).__name__}: {exc}")
         self.rows = []
