@@ -23,6 +23,7 @@ class RunConfig:
     images_per_unit: int = 16           # images decoded together by one task
     video_chunk_seconds: float = 10.0
     rle: bool = False                   # also write COCO RLE of every mask into the Parquet
+    temporal_smoothing: bool = True     # video: each frame's mask also weighs its two neighbours (model/temporal.py)
     sample_every: int = 1               # process every Nth (selected) frame
     sample_fps: float | None = None     # or about this many frames per second
     max_image_pixels: int = DEFAULT_MAX_PIXELS
@@ -39,7 +40,9 @@ class RunConfig:
 
     # settings that change results: a rerun into the same OUT must keep them
     COMPAT = ("weights_sha256", "threshold", "input_height", "input_width", "shard_size", "images_per_unit",
-              "video_chunk_seconds", "sample_every", "sample_fps", "max_image_pixels", "rle")
+              "video_chunk_seconds", "sample_every", "sample_fps", "max_image_pixels", "rle", "temporal_smoothing")
+    # what a run record written before a setting existed did, so such outputs still resume
+    COMPAT_ABSENT = {"temporal_smoothing": False}
 
     def __post_init__(self) -> None:
         checks = [

@@ -135,7 +135,7 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
     manifest = read_manifest(cfg.manifest, cfg.endpoint_url)
     if overwrite:
         wipe_output(storage)
-    check_or_write_run_record(storage, run_record(cfg, model, manifest), list(RunConfig.COMPAT))
+    check_or_write_run_record(storage, run_record(cfg, model, manifest), list(RunConfig.COMPAT), RunConfig.COMPAT_ABSENT)
     ledger = Ledger(storage, manifest)
     if redo_errors:
         log(f"re-processing {len(ledger.uncommit_errors())} shard(s) with error rows")
@@ -151,7 +151,7 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
                          removed_from_manifest=len(done_ids - manifest_ids))
     ctx = UnitContext(output=storage, model=model, endpoint_url=cfg.endpoint_url, max_pixels=cfg.max_image_pixels,
                       sampling=Sampling(cfg.sample_every, cfg.sample_fps), chunk_seconds=cfg.video_chunk_seconds,
-                      images_per_unit=cfg.images_per_unit, rle=cfg.rle)
+                      images_per_unit=cfg.images_per_unit, rle=cfg.rle, temporal_smoothing=cfg.temporal_smoothing)
     return Prepared(cfg, storage, manifest, ledger, shards, ctx, model_path, summary, started=started or time.time())
 
 

@@ -56,12 +56,15 @@ def read_run_record(storage: Storage) -> dict | None:
     return json.loads(storage.read_bytes(RUN_RECORD))
 
 
-def check_or_write_run_record(storage: Storage, record: dict, compat_keys: list[str]) -> dict | None:
-    """Write the run record, or check that an existing one has the same result-changing settings."""
+def check_or_write_run_record(storage: Storage, record: dict, compat_keys: list[str],
+                              absent: dict | None = None) -> dict | None:
+    """Write the run record, or check that an existing one has the same result-changing settings
+    (`absent`: the value a setting had in records written before it existed)."""
     old = read_run_record(storage)
     if old is not None:
-        diffs = [f"{k}: {old.get('config', {}).get(k)!r} -> {record['config'].get(k)!r}"
-                 for k in compat_keys if old.get("config", {}).get(k) != record["config"].get(k)]
+        was = {k: old.get("config", {}).get(k, (absent or {}).get(k)) for k in compat_keys}
+        diffs = [f"{k}: {was[k]!r} -> {record['config'].get(k)!r}"
+                 for k in compat_keys if was[k] != record["config"].get(k)]
         if diffs:
             raise RunMismatchError(
                 f"{storage.root} already holds a run with different settings ({'; '.join(diffs)}). "

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from humanseg_batch.model.segmenter import content_size, finish_mask, letterbox_into
+from humanseg_batch.model.temporal import TemporalSmoother
 
 from .decode import (DEFAULT_MAX_PIXELS, DecodeError, decode_chunk, decode_image, probe_video, read_head,
                      read_media, sniff_media_type)
@@ -52,6 +53,7 @@ class UnitContext:
     chunk_seconds: float = 10.0
     images_per_unit: int = 16
     rle: bool = False                 # also store each mask as COCO RLE in the row
+    temporal_smoothing: bool = False  # video frames: a centred 3-frame average of probabilities (model/temporal.py)
 
 
 def base_row(item: Item, ctx: UnitContext, shard: str) -> dict:
@@ -159,6 +161,8 @@ class _Batches:
         self.buf = np.zeros((m.batch_size, m.input_height, m.input_width, 3), np.uint8)
         self.batch: list[tuple] = []
         self.pending: tuple[list[tuple], Any] | None = None
+        # a chunk's frames come in order, so a frame's neighbours are the frames before and after it
+        self.smoother = TemporalSmoother() if ctx.temporal_smoothing and isinstance(unit, VideoUnit) else None
 
     def error(self, item: Item, index: int | None, exc: DecodeError) -> None:
         self.rows.append(error_row(item, self.ctx, self.unit.shard, str(exc), frame_index=index,
@@ -184,6 +188,9 @@ class _Batches:
         if self.pending is not None:
             self._finish_batch(*self.pending)
         t = time.perf_counter()
+        if self.smoother is not None:
+            for prob, record in self.smoother.flush():
+                self._emit(record, prob)
         self.sink.close()
         self.stats["write_s"] += time.perf_counter() - t
         return self.rows, self.stats
@@ -192,17 +199,27 @@ class _Batches:
         t0 = time.perf_counter()
         probs = self.inference.result(token)
         t1 = time.perf_counter()
-        for (item, index, shape, size), prob in zip(records, probs):
-            res = finish_mask(prob, size, shape, self.ctx.model.threshold)
-            mask_uri, mask_frame = self.sink.put(item, res.mask)
-            self.rows.append(dict(
-                base_row(item, self.ctx, self.unit.shard), frame_index=index,
-                timestamp_s=_timestamp(self.unit, index), width=shape[1], height=shape[0], mask_uri=mask_uri,
-                mask_frame=mask_frame, person_fraction=res.person_fraction, bbox=res.bbox,
-                confidence=res.confidence, chunk=self.chunk, rle=coco_rle(res.mask) if self.ctx.rle else None))
+        for record, prob in zip(records, probs):
+            if self.smoother is None:
+                self._emit(record, prob)
+            else:
+                for smoothed, earlier in self.smoother.push(prob, record):
+                    self._emit(earlier, smoothed)
         self.stats["model_wait_s"] += t1 - t0
         self.stats["write_s"] += time.perf_counter() - t1
         self.stats["frames"] += len(records)
+
+
+    def _emit(self, record: tuple, prob: np.ndarray) -> None:
+        """A frame's mask from its probabilities: written, and its row made."""
+        item, index, shape, size = record
+        res = finish_mask(prob, size, shape, self.ctx.model.threshold)
+        mask_uri, mask_frame = self.sink.put(item, res.mask)
+        self.rows.append(dict(
+            base_row(item, self.ctx, self.unit.shard), frame_index=index,
+            timestamp_s=_timestamp(self.unit, index), width=shape[1], height=shape[0], mask_uri=mask_uri,
+            mask_frame=mask_frame, person_fraction=res.person_fraction, bbox=res.bbox,
+            confidence=res.confidence, chunk=self.chunk, rle=coco_rle(res.mask) if self.ctx.rle else None))
 
 
 def run_unit(unit: ImageUnit | VideoUnit, ctx: UnitContext, inference: Inference) -> tuple[list[dict], dict]:

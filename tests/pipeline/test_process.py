@@ -77,3 +77,32 @@ def test_the_chunks_of_a_video_give_every_sampled_frame_once_with_its_time(tmp_p
     for r in rows:
         assert r["status"] == "ok" and r["chunk"] == int(r["frame_index"] // 10)
         assert read_mask(r["mask_uri"], r["mask_frame"]).shape == (48, 64)
+
+
+def test_temporal_smoothing_decides_each_video_mask_from_its_neighbours_too(tmp_path, media, segmenter):
+    from humanseg_batch.model.segmenter import content_size, finish_mask, letterbox_into
+    from humanseg_batch.model.temporal import smooth
+    from humanseg_batch.pipeline.decode import decode_chunk
+
+    shard = one_shard(tmp_path, [{"uri": str(media["v1"]), "id": "v1"}])
+    plain, smoothed = (context(tmp_path / name, segmenter, chunk_seconds=10.0, temporal_smoothing=on)
+                       for name, on in (("plain", False), ("smoothed", True)))
+    (unit,), _ = expand_shard(shard, smoothed)
+    got = {name: run_unit(unit, ctx, LocalInference(segmenter))[0] for name, ctx in
+           (("plain", plain), ("smoothed", smoothed))}
+    assert [r["frame_index"] for r in got["smoothed"]] == [r["frame_index"] for r in got["plain"]] == list(range(35))
+    # expected, built from the Segmenter's own probabilities for every frame of the chunk
+    c = segmenter.config
+    frames = [rgb for _, rgb, _ in decode_chunk(str(media["v1"]), unit.video, unit.plan,
+                                                fit=lambda h, w: content_size(h, w, c.input_height, c.input_width))]
+    buf = np.zeros((len(frames), c.input_height, c.input_width, 3), np.uint8)
+    sizes = [letterbox_into(buf[i], f) for i, f in enumerate(frames)]
+    probs = segmenter.infer(buf)
+    differ = 0
+    for row, raw_row, prob, raw, size in zip(got["smoothed"], got["plain"], smooth(list(probs)), probs, sizes):
+        want = finish_mask(prob, size, (48, 64), segmenter.threshold).mask
+        np.testing.assert_array_equal(read_mask(row["mask_uri"], row["mask_frame"]), want)
+        np.testing.assert_array_equal(read_mask(raw_row["mask_uri"], raw_row["mask_frame"]),
+                                      finish_mask(raw, size, (48, 64), segmenter.threshold).mask)
+        differ += int((want != finish_mask(raw, size, (48, 64), segmenter.threshold).mask).any())
+    assert differ > 0            # the smoothing changed some masks, so the comparison means something
