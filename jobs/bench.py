@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from humanseg_batch.model import Segmenter, load_checkpoint
-from humanseg_batch.model.segmenter import content_size, letterbox_into
+from humanseg_batch.model.preprocess import content_size, letterbox_batch, letterbox_into
 from humanseg_batch.pipeline.decode import decode_chunk, decode_image, probe_video
 from humanseg_batch.pipeline.plan import Sampling, plan_chunks
 
@@ -53,12 +53,10 @@ def video_frames_letterboxed(video: str, H: int, W: int, limit: int) -> np.ndarr
     plan = plan_chunks(index, 1e9, Sampling())[0]
     frames = []
     for _, rgb, _ in decode_chunk(video, index, plan, fit=lambda h, w: content_size(h, w, H, W)):
-        buf = np.zeros((H, W, 3), np.uint8)
-        letterbox_into(buf, rgb)
-        frames.append(buf)
+        frames.append(rgb)
         if len(frames) >= limit:
             break
-    return np.stack(frames)
+    return letterbox_batch(frames, H, W)[0]
 
 
 def bench_model(weights, device, precision, batch_size, frames: np.ndarray, repeat: int, compile_: bool,

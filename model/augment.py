@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .data import UNKNOWN, SampleSet
+from .preprocess import letterbox_into
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,6 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
-def letterbox_size(h: int, w: int, H: int, W: int) -> tuple[float, int, int]:
-    """Scale and content size of a frame letterboxed into HxW (the Segmenter's rule)."""
-    scale = min(H / h, W / w)
-    return scale, max(1, min(H, round(h * scale))), max(1, min(W, round(w * scale)))
-
-
 def _planes(label: np.ndarray) -> np.ndarray:
     """0/1/UNKNOWN labels -> two 0/255 planes (person, unknown) that resize and warp like images."""
     return np.dstack([np.where(label == 1, 255, 0), np.where(label == UNKNOWN, 255, 0)]).astype(np.uint8)
@@ -67,12 +62,9 @@ def _label(planes: np.ndarray) -> np.ndarray:
 
 
 def letterbox(image: np.ndarray, mask: np.ndarray | None, H: int, W: int):
-    """Top-left letterbox into a zero canvas, as the Segmenter feeds the model."""
-    h, w = image.shape[:2]
-    scale, ch, cw = letterbox_size(h, w, H, W)
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    """Top-left letterbox into a zero canvas, as the Segmenter feeds the model (its own function)."""
     img = np.zeros((H, W, 3), np.uint8)
-    img[:ch, :cw] = cv2.resize(image, (cw, ch), interpolation=interp)
+    ch, cw = letterbox_into(img, image)
     if mask is None:
         return img, None
     m = np.zeros((H, W), np.uint8)

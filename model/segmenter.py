@@ -1,7 +1,6 @@
 """Batched inference: uint8 RGB frames of any sizes in, person masks at the original sizes out."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -10,6 +9,8 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
+# letterbox_into: model/recipe/video_flicker.py imports it from here
+from .preprocess import Normalise, autocast, letterbox_batch, letterbox_into  # noqa: F401
 from .unet import UNet
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -51,28 +52,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def content_size(h: int, w: int, H: int, W: int) -> tuple[int, int]:
-    """Size of an h x w frame scaled to fit an H x W letterbox, keeping its aspect."""
-    scale = min(H / h, W / w)
-    return max(1, min(H, round(h * scale))), max(1, min(W, round(w * scale)))
-
-
-def letterbox_into(dst: np.ndarray, frame: np.ndarray) -> tuple[int, int]:
-    """Resize `frame` into the top-left of `dst` (HxWx3, zero elsewhere), keeping aspect; return the content size.
-    A frame already at its content size (scaled by the decoder) is copied as is."""
-    H, W = dst.shape[:2]
-    h, w = frame.shape[:2]
-    ch, cw = content_size(h, w, H, W)
-    dst[ch:] = 0
-    dst[:ch, cw:] = 0
-    if (ch, cw) == (h, w):
-        dst[:ch, :cw] = frame
-    else:
-        interp = cv2.INTER_AREA if ch < h else cv2.INTER_LINEAR
-        dst[:ch, :cw] = cv2.resize(frame, (cw, ch), interpolation=interp)
-    return ch, cw
-
-
 def finish_mask(prob: np.ndarray, size: tuple[int, int], shape: tuple[int, int], threshold: float) -> SegmentResult:
     """From a model-resolution probability map (uint8) to a thresholded mask at the frame's size."""
     h, w = shape
@@ -105,8 +84,7 @@ class Segmenter:
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         if compile:
             self.model = torch.compile(self.model)
-        self._mean = torch.tensor(self.config.mean, device=self.device).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(self.config.std, device=self.device).view(1, 3, 1, 1) * 255.0
+        self.normalise = Normalise(self.config, self.device)
         pin = self.device.type == "cuda"
         shape = (self.batch_size, self.config.input_height, self.config.input_width, 3)
         self._host = torch.zeros(shape, dtype=torch.uint8, pin_memory=pin)
@@ -115,12 +93,6 @@ class Segmenter:
     def from_checkpoint(cls, path: str | None = None, **kwargs) -> "Segmenter":
         model, info = load_checkpoint(path, kwargs.get("device"))
         return cls(model, weights_sha256=info["sha256"], **kwargs)
-
-    def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
 
     @torch.inference_mode()
     def infer(self, batch: np.ndarray) -> np.ndarray:
@@ -134,10 +106,8 @@ class Segmenter:
 
     @torch.inference_mode()
     def _infer_host(self, n: int) -> np.ndarray:
-        x = self._host[:n].to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float()          # NHWC storage == channels_last NCHW, no copy
-        x = (x - self._mean) / self._std
-        with self._autocast():
+        x = self.normalise(self._host[:n])
+        with autocast(self.device, self.precision):
             logits = self.model(x)
         prob = torch.sigmoid(logits.float())[:, 0].mul_(255.0).round_().to(torch.uint8)
         return prob.cpu().numpy()
@@ -147,8 +117,8 @@ class Segmenter:
         out: list[SegmentResult] = []
         for start in range(0, len(frames), self.batch_size):
             chunk = frames[start:start + self.batch_size]
-            host = self._host.numpy()
-            sizes = [letterbox_into(host[k], f) for k, f in enumerate(chunk)]
+            _, sizes = letterbox_batch(chunk, self.config.input_height, self.config.input_width,
+                                       out=self._host.numpy())
             probs = self._infer_host(len(chunk))
             out.extend(finish_mask(p, s, f.shape[:2], self.threshold) for f, p, s in zip(chunk, probs, sizes))
         return out

@@ -10,7 +10,6 @@ Output folder:
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -27,6 +26,7 @@ from .augment import AugmentConfig, EpochSampler, TrainingSet, letterboxed_array
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .data import SampleSet, load_samples, split_indices
 from .losses import bce_dice_loss, confusion, scores
+from .preprocess import Normalise, autocast
 from .segmenter import resolve_device, resolve_precision
 from .unet import UNet, UNetConfig
 
@@ -176,27 +176,8 @@ def _optimizer(model: UNet, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-class _Normalise:
-    """uint8 NHWC -> normalised float NCHW channels_last, on the device (as the Segmenter does)."""
-
-    def __init__(self, config: UNetConfig, device: torch.device):
-        self.mean = torch.tensor(config.mean, device=device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(config.std, device=device).view(1, 3, 1, 1) * 255.0
-        self.device = device
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-
-
 @torch.no_grad()
-def validate(model: UNet, images: torch.Tensor, masks: torch.Tensor, norm: _Normalise, precision: str,
+def validate(model: UNet, images: torch.Tensor, masks: torch.Tensor, norm: Normalise, precision: str,
              batch_size: int = 32) -> dict[str, float]:
     """Mean IoU/Dice over validation images that show people, mean false-positive rate over all
     images and over person-free ones, pooled pixel IoU, and mean loss (letterboxed data)."""
@@ -205,7 +186,7 @@ def validate(model: UNet, images: torch.Tensor, masks: torch.Tensor, norm: _Norm
     for start in range(0, len(images), batch_size):
         x = norm(images[start:start + batch_size])
         y = masks[start:start + batch_size].to(norm.device).unsqueeze(1).float()
-        with _autocast(norm.device, precision):
+        with autocast(norm.device, precision):
             logits = model(x)
         loss_sum += float(bce_dice_loss(logits, y)) * len(x)
         pred = logits.float() > 0
@@ -258,7 +239,7 @@ def _restore(path: Path, model, opt, scaler, device) -> dict:
     return state
 
 
-def _train_epoch(model, loader, opt, scaler, norm: _Normalise, cfg: TrainConfig, precision: str,
+def _train_epoch(model, loader, opt, scaler, norm: Normalise, cfg: TrainConfig, precision: str,
                  first_step: int, total_steps: int) -> tuple[float, float]:
     """One pass over the loader; returns (mean loss, last learning rate)."""
     model.train()
@@ -268,7 +249,7 @@ def _train_epoch(model, loader, opt, scaler, norm: _Normalise, cfg: TrainConfig,
         for group in opt.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         x, y = norm(x), y.to(norm.device, non_blocking=True).unsqueeze(1)
-        with _autocast(norm.device, precision):
+        with autocast(norm.device, precision):
             logits = model(x)
         loss = bce_dice_loss(logits, y, cfg.bce_weight, cfg.dice_weight)
         opt.zero_grad(set_to_none=True)
@@ -304,7 +285,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     steps_per_epoch = len(dataset) // cfg.batch_size if drop_last else 1
     total_steps = steps_per_epoch * cfg.epochs
     val_images, val_masks = letterboxed_arrays(val_set, H, W)
-    norm = _Normalise(cfg.model, device)
+    norm = Normalise(cfg.model, device)
 
     start_epoch, best, best_epoch, history = 0, -1.0, -1, []
     if cfg.resume and (last := latest_state(out)) is not None:

@@ -13,7 +13,8 @@ from typing import Any, Iterator, Protocol
 import cv2
 import numpy as np
 
-from humanseg_batch.model.segmenter import content_size, finish_mask, letterbox_into
+from humanseg_batch.model.preprocess import content_size, letterbox_into
+from humanseg_batch.model.segmenter import finish_mask
 from humanseg_batch.model.temporal import TemporalSmoother
 
 from .decode import (DEFAULT_MAX_PIXELS, DecodeError, decode_chunk, decode_image, probe_video, read_head,

@@ -108,7 +108,8 @@ def test_temporal_smoothing_removes_one_frame_flips_without_lag():
 
 
 def test_validation_does_not_count_unknown_pixels():
-    from humanseg_batch.model.train import _Normalise, validate
+    from humanseg_batch.model.preprocess import Normalise
+    from humanseg_batch.model.train import validate
     from humanseg_batch.model.unet import build_unet
 
     model = build_unet(base_width=4, depth=2, input_height=16, input_width=16)
@@ -118,6 +119,6 @@ def test_validation_does_not_count_unknown_pixels():
     torch.nn.init.zeros_(model.head.weight)
     torch.nn.init.constant_(model.head.bias, 5.0)        # "person" everywhere
     row = validate(model, torch.zeros((2, 16, 16, 3), dtype=torch.uint8), masks,
-                   _Normalise(model.config, torch.device("cpu")), "fp32")
+                   Normalise(model.config, torch.device("cpu")), "fp32")
     # person everywhere: 128 true, 64 false person pixels; the 64 unknown ones count for nothing
     assert abs(row["val_iou"] - 2 / 3) < 1e-6 and row["val_fpr"] == 1.0
