@@ -5,18 +5,10 @@ Real processes (the installed `humanseg-batch` entry point), local executor, tin
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from clirun import cli
 from mediagen import make_image, read_rows, write_manifest
-
-CLI = str(Path(sys.executable).parent / "humanseg-batch")
-
-
-def cli(*args, timeout=300) -> tuple[int, str, str]:
-    proc = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def small_run(tmp_path: Path, weights: str, n: int = 6) -> tuple[Path, Path]:

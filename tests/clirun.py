@@ -1,0 +1,36 @@
+"""The installed `humanseg-batch` entry point as a real process: what a user's shell runs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLI = str(Path(sys.executable).parent / "humanseg-batch")
+
+
+def cli(*args, env: dict | None = None, timeout: float = 300) -> tuple[int, str, str]:
+    """Run a command to its end: (exit code, stdout, stderr)."""
+    proc = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def start(*args, env: dict | None = None, stderr_file: Path) -> subprocess.Popen:
+    """Start a command in the background, its stderr into a file."""
+    with open(stderr_file, "w") as err:
+        return subprocess.Popen([CLI, *map(str, args)], stdout=subprocess.DEVNULL, stderr=err, text=True,
+                                env=dict(os.environ, **(env or {})))
+
+
+def wait_for_line(path: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> str:
+    """Poll a process's stderr file until it holds `text`; fail if the process ends first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        log = path.read_text()
+        if text in log:
+            return log
+        assert proc.poll() is None, f"ended (exit {proc.returncode}) before {text!r}:\n{log}"
+        time.sleep(0.2)
+    raise AssertionError(f"no {text!r} within {timeout}s:\n{path.read_text()}")
