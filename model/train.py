@@ -28,7 +28,7 @@ from .data import SampleSet, load_samples, split_indices
 from .losses import bce_dice_loss, confusion, scores
 from .preprocess import Normalise, autocast
 from .segmenter import resolve_device, resolve_precision
-from .unet import UNet, UNetConfig
+from .unet import ENCODERS, UNet, UNetConfig
 
 # fields that may differ between a run and its resume without changing the result
 _RESUME_FREE = ("resume", "device", "num_workers", "threads", "epochs", "out_dir")
@@ -127,25 +127,25 @@ def _split(cfg: TrainConfig) -> tuple[SampleSet, SampleSet]:
     return samples.subset(train_idx), samples.subset(val_idx)
 
 
-ENCODER_PREFIXES = ("embed", "stem", "downs", "encoder")
-
-
 def load_encoder(model: UNet, path: str) -> int:
-    """Copy the contracting path's tensors (embed.*, stem.*, downs.* or encoder.*) from a safetensors file
-    (a project checkpoint or plain, e.g. model/recipe/fetch_encoder.py's); return how many. Every encoder
-    tensor of the model must be there: a partial match would silently train from a half-initialised encoder."""
+    """Copy the contracting path's tensors (the model's encoder_parts: embed.*, stem.*, downs.* or encoder.*)
+    from a safetensors file (a project checkpoint or plain, e.g. model/recipe/fetch_encoder.py's); return how
+    many. Every encoder tensor of the model must be there: a partial match would silently train from a
+    half-initialised encoder."""
     try:
         _, state, _ = read_checkpoint(Path(path).read_bytes(), path)
     except ValueError:
         state = load_file(path)
     own = model.state_dict()
-    wanted = {k for k in own if k.split(".")[0] in ENCODER_PREFIXES and not k.endswith("num_batches_tracked")}
+    wanted = {k for k in own if k.split(".")[0] in model.encoder_parts and not k.endswith("num_batches_tracked")}
     enc = {k: v for k, v in state.items() if k in wanted}
     bad = [k for k, v in enc.items() if v.shape != own[k].shape]
     missing = sorted(wanted - set(enc))
     if not enc or bad or missing:
-        raise ValueError(f"{path}: no usable encoder tensors" if not enc else
-                         f"{path}: shape mismatch for {bad[:3]}" if bad else f"{path}: lacks {missing[:3]}")
+        reason = "no usable encoder tensors" if not enc else f"shape mismatch for {bad[:3]}" if bad else \
+            f"lacks {missing[:3]}"
+        name = model.config.encoder
+        raise ValueError(f"{path}: {reason}; the {name} encoder starts from {ENCODERS[name].pretrained}")
     model.load_state_dict(enc, strict=False)
     return len(enc)
 

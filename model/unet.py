@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 
-ENCODERS = ("unet", "mobilenetv2")
 # MobileNetV2 inverted-residual stages (expansion t, channels c, repeats n, stride s), as in the paper
 MBV2_STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
                (6, 320, 1, 1))
@@ -50,9 +50,7 @@ class UNetConfig:
             raise ValueError("stem_stride must be 1 or 2")
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {sorted(ENCODERS)}")
-        if self.encoder == "mobilenetv2" and (self.depth > len(MBV2_TAPS) or self.stem_stride != 1
-                                                or self.in_channels != 3):
-            raise ValueError(f"the mobilenetv2 encoder takes depth 1..{len(MBV2_TAPS)}, stem_stride 1 and 3 channels")
+        ENCODERS[self.encoder].check(self)
         step = 2 ** self.depth * self.stem_stride
         if self.input_height % step or self.input_width % step:
             raise ValueError(f"input size {self.input_height}x{self.input_width} must be divisible by 2**depth={step}")
@@ -176,49 +174,95 @@ class UpSkip(nn.Module):
         return self.conv(torch.cat([skip, x], dim=1))
 
 
+# ---- the contracting paths, by name ----
+
+@dataclass(frozen=True)
+class Encoder:
+    """A contracting path the U-Net can be built on, one entry of ENCODERS (segmentation_models_pytorch keeps
+    such a table): `build` returns its modules by attribute name, in construction order; those names are the
+    state-dict prefixes of its tensors, so they are also what a pretrained encoder file must hold."""
+    check: Callable[[UNetConfig], None]                          # ValueError for a config it cannot build
+    build: Callable[[UNetConfig], dict[str, nn.Module]]
+    skips: Callable[[UNetConfig], list[int]]                     # channels of its feature maps, finest first
+    # the expansive path that fits those skips: its steps (deepest first) and the head's input channels
+    expansive: Callable[[UNetConfig, list[int]], tuple[nn.ModuleList, int]]
+    contract: Callable[["UNet", torch.Tensor], list[torch.Tensor]]   # feature maps, finest first
+    pretrained: str                                              # the weights it can start from
+
+
+def _paper_skips(c: UNetConfig) -> list[int]:
+    return [c.base_width * 2 ** i for i in range(c.depth + 1)]
+
+
+def _paper_build(c: UNetConfig) -> dict[str, nn.Module]:
+    widths = _paper_skips(c)
+    if c.stem_stride == 1:
+        embed, stem = nn.Identity(), DoubleConv(c.in_channels, widths[0])
+    else:
+        s = c.stem_stride
+        embed = nn.Sequential(nn.Conv2d(c.in_channels, widths[0], s, stride=s, bias=False),
+                              nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        stem = DoubleConv(widths[0], widths[0])
+    return {"embed": embed, "stem": stem, "downs": nn.ModuleList(Down(a, b) for a, b in zip(widths[:-1], widths[1:]))}
+
+
+def _paper_expansive(c: UNetConfig, skips: list[int]) -> tuple[nn.ModuleList, int]:
+    pairs = reversed(list(zip(skips[:-1], skips[1:])))
+    return nn.ModuleList(Up(b, a, c.upsample) for a, b in pairs), skips[0]
+
+
+def _paper_contract(unet: "UNet", x: torch.Tensor) -> list[torch.Tensor]:
+    skips = [unet.stem(unet.embed(x))]
+    for down in unet.downs:
+        skips.append(down(skips[-1]))
+    return skips
+
+
+def _mbv2_check(c: UNetConfig) -> None:
+    if c.depth > len(MBV2_TAPS) or c.stem_stride != 1 or c.in_channels != 3:
+        raise ValueError(f"the mobilenetv2 encoder takes depth 1..{len(MBV2_TAPS)}, stem_stride 1 and 3 channels")
+
+
+def _mbv2_expansive(c: UNetConfig, skips: list[int]) -> tuple[nn.ModuleList, int]:
+    # the deepest tap feeds the expansive path directly; level j (stride 2**(j+1)) has base_width * 2**j channels
+    widths = [c.base_width * 2 ** j for j in range(c.depth)]
+    ins = widths[1:-1] + [skips[-1]]                     # what arrives at level j from below
+    ups = nn.ModuleList(UpSkip(ins[j], skips[j], widths[j]) for j in reversed(range(c.depth - 1)))
+    return ups, widths[0] if c.depth > 1 else skips[0]
+
+
+ENCODERS: dict[str, Encoder] = {
+    "unet": Encoder(
+        check=lambda c: None, build=_paper_build, skips=_paper_skips, expansive=_paper_expansive,
+        contract=_paper_contract, pretrained="a checkpoint of this project with the same config (embed/stem/downs)"),
+    "mobilenetv2": Encoder(
+        check=_mbv2_check, build=lambda c: {"encoder": MobileNetV2Encoder(c.depth)},
+        skips=lambda c: [ch for _, ch in MBV2_TAPS[:c.depth]], expansive=_mbv2_expansive,
+        contract=lambda unet, x: unet.encoder(x),
+        pretrained="ImageNet MobileNetV2 as features.N.* under encoder. (model/recipe/fetch_encoder.py)"),
+}
+
+
 class UNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = config
-        if config.encoder == "mobilenetv2":
-            self._build_mobilenetv2(config)
-            return
-        widths = [config.base_width * 2 ** i for i in range(config.depth + 1)]
-        if config.stem_stride == 1:
-            self.embed = nn.Identity()
-            self.stem = DoubleConv(config.in_channels, widths[0])
-        else:
-            s = config.stem_stride
-            self.embed = nn.Sequential(nn.Conv2d(config.in_channels, widths[0], s, stride=s, bias=False),
-                                       nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
-            self.stem = DoubleConv(widths[0], widths[0])
-        self.downs = nn.ModuleList(Down(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.ups = nn.ModuleList(Up(b, a, config.upsample) for a, b in reversed(list(zip(widths[:-1], widths[1:]))))
-        self.head = nn.Conv2d(widths[0], 1, 1)
-
-    def _build_mobilenetv2(self, config: UNetConfig) -> None:
-        self.encoder = MobileNetV2Encoder(config.depth)
-        skips = self.encoder.channels
-        # the deepest tap feeds the expansive path directly; level j (stride 2**(j+1)) has base_width * 2**j channels
-        widths = [config.base_width * 2 ** j for j in range(config.depth)]
-        ins = widths[1:-1] + [skips[-1]]                     # what arrives at level j from below
-        self.ups = nn.ModuleList(UpSkip(ins[j], skips[j], widths[j]) for j in reversed(range(config.depth - 1)))
-        self.head = nn.Conv2d(widths[0] if config.depth > 1 else skips[0], 1, 1)
+        spec = ENCODERS[config.encoder]
+        parts = spec.build(config)
+        for name, module in parts.items():
+            setattr(self, name, module)
+        self.encoder_parts = tuple(parts)
+        self.ups, head_channels = spec.expansive(config, spec.skips(config))
+        self.head = nn.Conv2d(head_channels, 1, 1)
 
     def encoder_parameters(self):
         """Parameters of the contracting path (for optional pretrained initialisation)."""
-        parts = (self.encoder,) if self.config.encoder == "mobilenetv2" else (self.embed, self.stem, self.downs)
-        for part in parts:
-            yield from part.parameters()
+        for name in self.encoder_parts:
+            yield from getattr(self, name).parameters()
 
     def contract(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The contracting path: feature maps from the finest skip to the deepest level."""
-        if self.config.encoder == "mobilenetv2":
-            return self.encoder(x)
-        skips = [self.stem(self.embed(x))]
-        for down in self.downs:
-            skips.append(down(skips[-1]))
-        return skips
+        return ENCODERS[self.config.encoder].contract(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
