@@ -56,8 +56,9 @@ def run_options(f):
                           "1/2, 1/4): steadier masks, no lag [on]."),
         click.option("--rle/--no-rle", default=None, help="Also store each mask as COCO compressed RLE in the `rle` "
                      "column [off]."),
-        click.option("--executor", type=click.Choice(["ray", "local"]),
-                     help="ray (default): embedded local Ray or --address; local: in-process, no Ray."),
+        click.option("--executor", type=click.Choice(["auto", "ray", "local"]),
+                     help="auto (default): local for a small job (up to 1500 frames) without a cluster address, "
+                          "else ray; ray: embedded local Ray or --address; local: in-process, no Ray."),
         click.option("--address", help="Ray cluster address (else RAY_ADDRESS, else an embedded local Ray)."),
         click.option("--model-actors", type=int, help="Model actors [one per GPU, else 1]."),
         click.option("--gpus-per-actor", type=float, help="GPUs per model actor, fractions allowed [1]."),
@@ -110,7 +111,7 @@ def _execute(cfg: RunConfig, overwrite: bool, observers, redo_errors: bool, leas
         f"{prep.summary.shards_skipped} shard(s) already committed")
     prep.observers.extend(observers)
     if prep.shards:
-        if cfg.executor == "local":
+        if prep.executor == "local":
             from .local import execute_local
             execute_local(prep)
         else:
@@ -238,7 +239,7 @@ def status(output, as_json, endpoint_url):
 @click.argument("output")
 @click.option("--errors", is_flag=True, help="Also re-process items whose rows have status=error "
               "(their shards are redone; rows are replaced, never duplicated).")
-@click.option("--executor", type=click.Choice(["ray", "local"]), help="Override the recorded executor.")
+@click.option("--executor", type=click.Choice(["auto", "ray", "local"]), help="Override the recorded executor.")
 @click.option("--address", help="Ray cluster address.")
 @click.option("--endpoint-url", help="S3-compatible endpoint (or HUMANSEG_S3_ENDPOINT_URL).")
 @click.option("--batch-size", type=int, help="Override the batch size (does not change results).")

@@ -27,7 +27,7 @@ class RunConfig:
     sample_every: int = 1               # process every Nth (selected) frame
     sample_fps: float | None = None     # or about this many frames per second
     max_image_pixels: int = DEFAULT_MAX_PIXELS
-    executor: str = "ray"               # ray | local
+    executor: str = "auto"              # auto (local for small jobs without a cluster, else ray) | ray | local
     address: str | None = None          # Ray cluster; None: RAY_ADDRESS or an embedded local Ray
     model_actors: int = 0               # 0: one per GPU, or 1 on CPU
     gpus_per_actor: float = 1.0
@@ -54,7 +54,7 @@ class RunConfig:
             (self.sample_every >= 1, "sample every must be >= 1"),
             (self.sample_fps is None or self.sample_fps > 0, "sample fps must be > 0"),
             (self.threshold is None or 0 < self.threshold < 1, "threshold must be in (0, 1)"),
-            (self.executor in ("ray", "local"), "executor must be ray or local"),
+            (self.executor in ("auto", "ray", "local"), "executor must be auto, ray or local"),
             (self.max_image_pixels > 0, "max image pixels must be > 0"),
             (self.task_retries >= 0, "task retries must be >= 0"),
         ]

@@ -15,6 +15,7 @@ from humanseg_batch.pipeline.plan import Sampling, Shard
 from humanseg_batch.pipeline.process import ModelInfo, UnitContext
 from humanseg_batch.pipeline.storage import Storage
 
+from .choice import choose_executor
 from .config import RunConfig
 
 EXIT_OK, EXIT_ITEM_ERRORS, EXIT_USAGE, EXIT_FAILED_SHARDS, EXIT_STORAGE = 0, 3, 2, 4, 5
@@ -81,6 +82,7 @@ class Prepared:
     started: float = field(default_factory=time.time)
     # called as observer(frames, now) each time a work unit lands (progress, `bench`)
     observers: list = field(default_factory=list)
+    executor: str = "ray"              # the one that runs it: --executor, or chosen for --executor auto
 
     def unit_done(self, frames: int) -> None:
         now = time.time()
@@ -130,9 +132,11 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
             lease=None, redo_errors: bool = False) -> Prepared:
     """Everything before the first unit; `lease` (pipeline/lease.py) guards every write to OUT."""
     storage = Storage(cfg.output, cfg.endpoint_url, writer_check=lease.check if lease else None)
+    manifest = read_manifest(cfg.manifest, cfg.endpoint_url)
+    executor, why = choose_executor(cfg.executor, cfg.address, manifest, cfg.endpoint_url)
+    log(f"executor: {executor} ({why})")
     model, model_path = model_info(cfg)
     log(f"model: {model.name}  weights: {model_path} (sha256 {model.weights_sha256[:16]})")
-    manifest = read_manifest(cfg.manifest, cfg.endpoint_url)
     if overwrite:
         wipe_output(storage)
     check_or_write_run_record(storage, run_record(cfg, model, manifest), list(RunConfig.COMPAT), RunConfig.COMPAT_ABSENT)
@@ -152,7 +156,8 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
     ctx = UnitContext(output=storage, model=model, endpoint_url=cfg.endpoint_url, max_pixels=cfg.max_image_pixels,
                       sampling=Sampling(cfg.sample_every, cfg.sample_fps), chunk_seconds=cfg.video_chunk_seconds,
                       images_per_unit=cfg.images_per_unit, rle=cfg.rle, temporal_smoothing=cfg.temporal_smoothing)
-    return Prepared(cfg, storage, manifest, ledger, shards, ctx, model_path, summary, started=started or time.time())
+    return Prepared(cfg, storage, manifest, ledger, shards, ctx, model_path, summary, started=started or time.time(),
+                    executor=executor)
 
 
 def print_summary(summary: RunSummary, output: str, log=print) -> None:

@@ -129,6 +129,25 @@ def _open_container(uri: str, endpoint_url: str | None):
         raise DecodeError(f"cannot open video (truncated, or not a video file): {_ffmpeg_message(exc)}") from None
 
 
+def estimate_frames(uri: str, endpoint_url: str | None = None) -> int | None:
+    """A video's frame count from its container header (no demuxing); None when the header does not tell."""
+    container, fobj = _open_container(uri, endpoint_url)
+    try:
+        if not container.streams.video:
+            return None
+        stream = container.streams.video[0]
+        if stream.frames:
+            return int(stream.frames)
+        seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else (
+            container.duration / av.time_base if container.duration else 0.0)
+        rate = stream.average_rate or stream.guessed_rate
+        return int(seconds * float(rate)) + 1 if seconds and rate else None
+    finally:
+        container.close()
+        if fobj is not None:
+            fobj.close()
+
+
 def probe_video(uri: str, endpoint_url: str | None = None) -> VideoIndex:
     """Demux the first video stream's packets (no decoding) to list every frame's timestamp."""
     container, fobj = _open_container(uri, endpoint_url)
