@@ -228,7 +228,20 @@ def _rng_state(device: torch.device) -> dict:
     return state
 
 
-def _restore(path: Path, model, opt, scaler, device) -> dict:
+@dataclass
+class _Progress:
+    """Where a run stands after its last finished epoch (kept in each state file next to the tensors)."""
+    epoch: int = 0
+    best: float = -1.0
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+
+
+def _resume(out: Path, cfg: TrainConfig, model, opt, scaler, device, log: Callable[[str], None]) -> _Progress:
+    """The latest state of a resumed run loaded into model, optimizer, scaler and RNG; a fresh start otherwise."""
+    path = latest_state(out) if cfg.resume else None
+    if path is None:
+        return _Progress()
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
@@ -236,7 +249,8 @@ def _restore(path: Path, model, opt, scaler, device) -> dict:
     torch.set_rng_state(state["rng"]["cpu"])
     if device.type == "cuda" and "cuda" in state["rng"]:
         torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    return state
+    log(f"resumed from {path} (epoch {state['epoch']})")
+    return _Progress(state["epoch"], state["best"], state["best_epoch"], state["history"])
 
 
 def _train_epoch(model, loader, opt, scaler, norm: Normalise, cfg: TrainConfig, precision: str,
@@ -261,17 +275,49 @@ def _train_epoch(model, loader, opt, scaler, norm: Normalise, cfg: TrainConfig, 
     return loss_sum / max(1, n), lr
 
 
-def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
-    """Train, validate and checkpoint every epoch; export the best model to out_dir/best.safetensors."""
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, cfg)
+def _device_and_precision(cfg: TrainConfig) -> tuple[torch.device, str]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("fp16 training needs CUDA; use bf16 or fp32 on CPU")
+    return device, precision
+
+
+def _loader(dataset: TrainingSet, cfg: TrainConfig, device: torch.device):
+    """A DataLoader over the seeded epoch permutation; returns it, its sampler and the steps per epoch."""
+    drop_last = len(dataset) > cfg.batch_size
+    sampler = EpochSampler(len(dataset), cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last, num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0, pin_memory=device.type == "cuda")
+    return loader, sampler, len(dataset) // cfg.batch_size if drop_last else 1
+
+
+def _end_epoch(out: Path, cfg: TrainConfig, model, opt, scaler, device, row: dict, progress: _Progress) -> None:
+    """After an epoch: the best checkpoint if it is the best yet, its metrics line, the resumable state."""
+    score = row.get("val_iou", -row["train_loss"])
+    score = -row["train_loss"] if score != score else score      # NaN: no validation image shows people
+    if score > progress.best:
+        progress.best, progress.best_epoch = score, row["epoch"]
+        save_checkpoint(out / "best.safetensors", model, extra={
+            "epoch": row["epoch"], "val_iou": row.get("val_iou"), "data": str(cfg.data), "seed": cfg.seed})
+    progress.epoch = row["epoch"]
+    progress.history.append(row)
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    _save_state(out, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                      "epoch": row["epoch"], "best": progress.best, "best_epoch": progress.best_epoch,
+                      "history": progress.history, "rng": _rng_state(device)})
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+    """Train, validate and checkpoint every epoch; export the best model to out_dir/best.safetensors."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, cfg)
+    device, precision = _device_and_precision(cfg)
     train_set, val_set = _split(cfg)
     log(f"data: {len(train_set)} train scenes, {len(val_set)} val scenes, {len(train_set.cutouts)} cut-outs, "
         f"{len(train_set.backgrounds)} backgrounds; device {device}, precision {precision}")
@@ -281,47 +327,24 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     H, W = cfg.model.input_height, cfg.model.input_width
     dataset = TrainingSet(train_set, H, W, cfg.augment, cfg.seed, cfg.composites_per_epoch)
-    drop_last = len(dataset) > cfg.batch_size
-    steps_per_epoch = len(dataset) // cfg.batch_size if drop_last else 1
-    total_steps = steps_per_epoch * cfg.epochs
     val_images, val_masks = letterboxed_arrays(val_set, H, W)
     norm = Normalise(cfg.model, device)
+    progress = _resume(out, cfg, model, opt, scaler, device, log)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in progress.history))
 
-    start_epoch, best, best_epoch, history = 0, -1.0, -1, []
-    if cfg.resume and (last := latest_state(out)) is not None:
-        state = _restore(last, model, opt, scaler, device)
-        start_epoch, best, best_epoch, history = state["epoch"], state["best"], state["best_epoch"], state["history"]
-        log(f"resumed from {last} (epoch {start_epoch})")
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-
-    sampler = EpochSampler(len(dataset), cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last, num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0, pin_memory=device.type == "cuda")
-    for epoch in range(start_epoch, cfg.epochs):
+    loader, sampler, steps_per_epoch = _loader(dataset, cfg, device)
+    for epoch in range(progress.epoch, cfg.epochs):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
         loss, lr = _train_epoch(model, loader, opt, scaler, norm, cfg, precision,
-                                epoch * steps_per_epoch, total_steps)
+                                epoch * steps_per_epoch, steps_per_epoch * cfg.epochs)
         row = {"epoch": epoch + 1, "train_loss": loss, "lr": lr}
         row.update(validate(model, val_images, val_masks, norm, precision))
         row["seconds"] = round(time.perf_counter() - t0, 2)
-        score = row.get("val_iou", -row["train_loss"])
-        score = -row["train_loss"] if score != score else score      # NaN: no validation image shows people
-        if score > best:
-            best, best_epoch = score, epoch + 1
-            save_checkpoint(out / "best.safetensors", model, extra={
-                "epoch": epoch + 1, "val_iou": row.get("val_iou"), "data": str(cfg.data), "seed": cfg.seed})
-        history.append(row)
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        _save_state(out, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                          "epoch": epoch + 1, "best": best, "best_epoch": best_epoch, "history": history,
-                          "rng": _rng_state(device)})
+        _end_epoch(out, cfg, model, opt, scaler, device, row, progress)
         log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    save_checkpoint(out / "last.safetensors", model, extra={"epoch": len(history), "data": str(cfg.data),
+    save_checkpoint(out / "last.safetensors", model, extra={"epoch": len(progress.history), "data": str(cfg.data),
                                                             "seed": cfg.seed})
     best_path = out / "best.safetensors"
-    return TrainResult(str(best_path) if best_path.exists() else None, best_epoch,
-                       best if val_images.numel() else float("nan"), len(history), history)
+    return TrainResult(str(best_path) if best_path.exists() else None, progress.best_epoch,
+                       progress.best if val_images.numel() else float("nan"), len(progress.history), progress.history)
