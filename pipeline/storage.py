@@ -41,7 +41,8 @@ def storage_failure(exc: BaseException, where: str) -> str | None:
         return f"disk full at {where}"
     if isinstance(exc, OSError) and exc.errno == errno.EROFS:
         return f"read-only file system at {where}"
-    if boto and isinstance(exc, (boto.NoCredentialsError, boto.PartialCredentialsError, boto.CredentialRetrievalError)):
+    if boto and isinstance(exc, (boto.NoCredentialsError, boto.PartialCredentialsError,
+                                           boto.CredentialRetrievalError, boto.ProfileNotFound)):
         return f"no credentials for {where} (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or a role)"
     if boto and isinstance(exc, (boto.ConnectionError, boto.HTTPClientError)) or isinstance(exc, TimeoutError):
         return f"output storage unreachable: {where} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"

@@ -10,10 +10,15 @@ from pathlib import Path
 CLI = str(Path(sys.executable).parent / "humanseg-batch")
 
 
+def environ(env: dict | None) -> dict:
+    """This process's environment with `env` applied (a None value removes the variable)."""
+    merged = dict(os.environ, **(env or {}))
+    return {k: v for k, v in merged.items() if v is not None}
+
+
 def cli(*args, env: dict | None = None, timeout: float = 300) -> tuple[int, str, str]:
     """Run a command to its end: (exit code, stdout, stderr)."""
-    proc = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})))
+    proc = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=environ(env))
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -21,7 +26,7 @@ def start(*args, env: dict | None = None, stderr_file: Path) -> subprocess.Popen
     """Start a command in the background, its stderr into a file."""
     with open(stderr_file, "w") as err:
         return subprocess.Popen([CLI, *map(str, args)], stdout=subprocess.DEVNULL, stderr=err, text=True,
-                                env=dict(os.environ, **(env or {})))
+                                env=environ(env))
 
 
 def wait_for_line(path: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> str:
