@@ -165,38 +165,14 @@ def bench(weights, video, video_copies, images, image_size, precisions, batch_si
     Ratios: pipeline / model-only, and pipeline / min(model, decode). Start-up costs (imports,
     weights load, Ray start) are reported apart from the steady-state rates.
     """
-    from .cli import process_start_time
-
     threads = threads or max(1, int(cpus_per_actor or 1))
-    report: dict = {"startup": {"imports_s": time.time() - process_start_time()}, "conditions": {}, "decode": {},
-                    "runs": []}
-    t = time.perf_counter()
-    _, info = load_checkpoint(weights, device)
-    weights = info["path"]          # `default` resolved once, for the device asked for
-    report["startup"]["weights_load_s"] = time.perf_counter() - t
-    c = info["config"]
-    H, W = c.input_height, c.input_width
-    report["conditions"] = {"model": c.tag,
-                            "weights": info["path"], "cpu_count": os.cpu_count(), "video": video,
-                            "executor": executor, "device": device, "model_threads": threads}
+    report, weights, c = start_report(weights, device, video, executor, threads)
     work = Path(tempfile.mkdtemp(prefix="hsb-bench-media-"))
     try:
         w, h = (int(v) for v in image_size.lower().split("x"))
         image_paths = make_images(work, images, (w, h)) if images else []
-        report["decode"]["video_fps"] = bench_decode_video(video, H, W, repeat)
-        if image_paths:
-            report["decode"]["image_fps"] = bench_decode_images(image_paths, H, W, repeat)
-        resident = video_frames_letterboxed(video, H, W, model_frames)
-        vindex = probe_video(video)
-        report["decode"]["video_write_fps"] = bench_write_video(resident[:200], (vindex.height, vindex.width),
-                                                                c.threshold, repeat)
-        d = report["decode"]
-        d["video_cpu_side_fps"] = 1 / (1 / d["video_fps"] + 1 / d["video_write_fps"])
-        rows = [{"uri": video, "id": f"video-{k}"} for k in range(video_copies)]
-        if pipeline_images:
-            rows += [{"uri": str(p), "id": p.name} for p in image_paths]
-        manifest = work / "manifest.jsonl"
-        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        report["decode"], resident = bench_decode(video, image_paths, c, repeat, model_frames)
+        manifest = write_manifest(work, video, video_copies, image_paths if pipeline_images else [])
         if executor == "ray" and not skip_pipeline:
             from .ray_executor import connect
             t = time.perf_counter()
@@ -210,17 +186,57 @@ def bench(weights, video, video_copies, images, image_size, precisions, batch_si
                 run = {"precision": precision, "batch_size": bs, "model_fps": model.pop("fps"), "model": model}
                 if not skip_pipeline:
                     run["pipeline"] = bench_pipeline(manifest, weights, executor, precision, bs, extra)
-                    fps = run["pipeline"]["steady_fps"]
-                    d = report["decode"]
-                    cpu_side = [d["video_cpu_side_fps"]] + ([d["image_fps"]] if pipeline_images and "image_fps" in d else [])
-                    slowest = min([run["model_fps"], *cpu_side])
-                    run["ratio_pipeline_model"] = fps / run["model_fps"]
-                    run["ratio_pipeline_bottleneck"] = fps / slowest
+                    add_ratios(run, report["decode"], pipeline_images)
                 report["runs"].append(run)
                 click.echo(f"bench: {json.dumps(run)}", err=True)   # partial results survive an interrupted run
     finally:
         shutil.rmtree(work, ignore_errors=True)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+def start_report(weights, device: str, video: str, executor: str, threads: int):
+    """The report's start-up times and conditions; returns it, the resolved weights path and the model config."""
+    from .cli import process_start_time
+
+    report: dict = {"startup": {"imports_s": time.time() - process_start_time()}, "conditions": {}, "decode": {},
+                    "runs": []}
+    t = time.perf_counter()
+    _, info = load_checkpoint(weights, device)
+    report["startup"]["weights_load_s"] = time.perf_counter() - t
+    report["conditions"] = {"model": info["config"].tag,
+                            "weights": info["path"], "cpu_count": os.cpu_count(), "video": video,
+                            "executor": executor, "device": device, "model_threads": threads}
+    return report, info["path"], info["config"]    # `default` resolved once, for the device asked for
+
+
+def bench_decode(video: str, image_paths: list[Path], config, repeat: int, model_frames: int):
+    """Decode-only rates (video, images, mask writing) and the resident letterboxed frames for model-only."""
+    H, W = config.input_height, config.input_width
+    d = {"video_fps": bench_decode_video(video, H, W, repeat)}
+    if image_paths:
+        d["image_fps"] = bench_decode_images(image_paths, H, W, repeat)
+    resident = video_frames_letterboxed(video, H, W, model_frames)
+    vindex = probe_video(video)
+    d["video_write_fps"] = bench_write_video(resident[:200], (vindex.height, vindex.width), config.threshold, repeat)
+    d["video_cpu_side_fps"] = 1 / (1 / d["video_fps"] + 1 / d["video_write_fps"])
+    return d, resident
+
+
+def write_manifest(work: Path, video: str, copies: int, image_paths: list[Path]) -> Path:
+    rows = [{"uri": video, "id": f"video-{k}"} for k in range(copies)]
+    rows += [{"uri": str(p), "id": p.name} for p in image_paths]
+    manifest = work / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def add_ratios(run: dict, decode: dict, pipeline_images: bool) -> None:
+    """pipeline / model-only, and pipeline / the slowest of model and the CPU side the manifest needs."""
+    fps = run["pipeline"]["steady_fps"]
+    cpu_side = [decode["video_cpu_side_fps"]] + ([decode["image_fps"]] if pipeline_images and "image_fps" in decode else [])
+    slowest = min([run["model_fps"], *cpu_side])
+    run["ratio_pipeline_model"] = fps / run["model_fps"]
+    run["ratio_pipeline_bottleneck"] = fps / slowest
 
 
 def format_report(r: dict) -> str:
