@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from contextlib import contextmanager
 from fractions import Fraction
@@ -12,7 +13,7 @@ import cv2
 import numpy as np
 
 from .plan import ChunkPlan, Item, VideoIndex
-from .storage import is_remote, open_uri, read_uri
+from .storage import is_remote, open_uri, read_uri, storage_failure
 
 DEFAULT_MAX_PIXELS = 100_000_000
 MIN_SIDE = 2
@@ -28,10 +29,30 @@ def _local_path(uri: str) -> str | None:
     return None if is_remote(uri) else uri
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+            (stat.S_ISSOCK, "a socket"))
+
+
+def _refuse_special(uri: str) -> None:
+    """Refuse a local path that is no regular file by its type, before reading a byte: /dev/zero never
+    ends, a FIFO blocks."""
+    local = _local_path(uri)
+    if local is None:
+        return
+    mode = os.stat(local).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(local)
+    for test, kind in _SPECIAL:
+        if test(mode):
+            raise DecodeError(f"not a regular file ({kind}): {uri}")
+
+
 @contextmanager
 def _reading(uri: str):
-    """Turn the usual reasons a file cannot be read into DecodeErrors with a plain message."""
+    """Turn the usual reasons a file cannot be read into DecodeErrors with a plain message; the input's
+    storage failing (no credentials, unreachable, timeout) is this item's error, not the shard's."""
     try:
+        _refuse_special(uri)
         yield
     except FileNotFoundError:
         raise DecodeError(f"file not found: {uri}") from None
@@ -39,6 +60,13 @@ def _reading(uri: str):
         raise DecodeError(f"is a directory, not a file: {uri}") from None
     except PermissionError:
         raise DecodeError(f"permission denied: {uri}") from None
+    except DecodeError:
+        raise
+    except Exception as exc:
+        reason = storage_failure(exc, uri)
+        if reason is None:
+            raise
+        raise DecodeError(f"cannot read: {reason.replace('output storage unreachable', 'storage unreachable')}") from None
 
 
 def read_media(uri: str, endpoint_url: str | None = None) -> bytes:
@@ -114,19 +142,16 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
 def _open_container(uri: str, endpoint_url: str | None):
     """PyAV container and the file object behind it (None for local paths)."""
     local = _local_path(uri)
-    try:
-        if local is not None:
-            if not os.path.exists(local):
-                raise DecodeError(f"file not found: {uri}")
-            if os.path.getsize(local) == 0:
-                raise DecodeError("empty file (0 bytes)")
-            return av.open(local), None
-        fobj = open_uri(uri, endpoint_url)
-        return av.open(fobj), fobj
-    except FileNotFoundError:
-        raise DecodeError(f"file not found: {uri}") from None
-    except av.FFmpegError as exc:
-        raise DecodeError(f"cannot open video (truncated, or not a video file): {_ffmpeg_message(exc)}") from None
+    with _reading(uri):
+        try:
+            if local is not None:
+                if os.path.getsize(local) == 0:
+                    raise DecodeError("empty file (0 bytes)")
+                return av.open(local), None
+            fobj = open_uri(uri, endpoint_url)
+            return av.open(fobj), fobj
+        except av.FFmpegError as exc:
+            raise DecodeError(f"cannot open video (truncated, or not a video file): {_ffmpeg_message(exc)}") from None
 
 
 def estimate_frames(uri: str, endpoint_url: str | None = None) -> int | None:
