@@ -9,11 +9,13 @@ from importlib.metadata import PackageNotFoundError, version
 
 from humanseg_batch.model import load_checkpoint
 from humanseg_batch.pipeline.faults import pause_point
-from humanseg_batch.pipeline.ledger import Ledger, ShardAssembly, check_or_write_run_record, wipe_output
+from humanseg_batch.pipeline.ledger import (Ledger, ShardAssembly, check_or_write_run_record, read_run_record,
+                                            wipe_output)
 from humanseg_batch.pipeline.manifest import Manifest, read_manifest
 from humanseg_batch.pipeline.plan import Sampling, Shard
 from humanseg_batch.pipeline.process import ModelInfo, UnitContext
 from humanseg_batch.pipeline.storage import Storage
+from humanseg_batch.pipeline.write import conform_extras, extras_columns
 
 from .choice import choose_executor
 from .config import RunConfig
@@ -113,6 +115,19 @@ def run_record(cfg: RunConfig, model: ModelInfo, manifest: Manifest) -> dict:
             "created": time.time(), "runs": 1}
 
 
+def fix_manifest_columns(storage: Storage, manifest: Manifest, log=print) -> list[dict]:
+    """Conform the manifest's extra columns to those of the first run into OUT (kept in its run record), so
+    every Parquet file of OUT has one schema; say which new columns are left out."""
+    old = read_run_record(storage)
+    # records older than this rule have no list: the current manifest's columns, as before
+    fixed = old["manifest_columns"] if old and "manifest_columns" in old else extras_columns(manifest.extras)
+    manifest.extras, new = conform_extras(manifest.extras, fixed)
+    if new:
+        log(f"manifest column(s) {', '.join(new)} are new since the first run into {storage.root}: left out of "
+            "the rows (every Parquet file of an output keeps one schema); use a new --output to include them")
+    return fixed
+
+
 def tidy_output(ledger: Ledger, log=print) -> None:
     """Under the lease: what earlier writers left half-done or damaged becomes work again."""
     temps = ledger.remove_temp_files()
@@ -139,7 +154,8 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
     log(f"model: {model.name}  weights: {model_path} (sha256 {model.weights_sha256[:16]})")
     if overwrite:
         wipe_output(storage)
-    check_or_write_run_record(storage, run_record(cfg, model, manifest), list(RunConfig.COMPAT), RunConfig.COMPAT_ABSENT)
+    record = dict(run_record(cfg, model, manifest), manifest_columns=fix_manifest_columns(storage, manifest, log))
+    check_or_write_run_record(storage, record, list(RunConfig.COMPAT), RunConfig.COMPAT_ABSENT)
     ledger = Ledger(storage, manifest)
     if redo_errors:
         log(f"re-processing {len(ledger.uncommit_errors())} shard(s) with error rows")

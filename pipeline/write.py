@@ -149,6 +149,34 @@ def with_extras(table: pa.Table, extras: pa.Table) -> pa.Table:
     return table
 
 
+def extras_columns(extras: pa.Table) -> list[dict]:
+    """Names and types of the manifest's extra columns, as the run record keeps them (all-empty columns,
+    typed null by the CSV reader, are kept as strings so that later values fit)."""
+    return [{"name": f.name, "type": "string" if pa.types.is_null(f.type) else str(f.type)} for f in extras.schema]
+
+
+def conform_extras(extras: pa.Table, fixed: list[dict]) -> tuple[pa.Table, list[str]]:
+    """The manifest's extra columns shaped as `fixed` (the first run's), so that every Parquet file of an
+    output has one schema and any reader takes the folder whole: a column missing now is null, a type is
+    cast (ValueError if the values do not fit). Returns the table and the new columns, which are left out."""
+    arrays = []
+    for col in fixed:
+        try:
+            typ = pa.type_for_alias(col["type"])
+        except ValueError:      # a type without an alias: kept as the manifest gives it
+            typ = extras.column(col["name"]).type if col["name"] in extras.column_names else pa.string()
+        if col["name"] not in extras.column_names:
+            arrays.append(pa.nulls(extras.num_rows, typ))
+            continue
+        try:
+            arrays.append(extras.column(col["name"]).cast(typ))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"manifest column {col['name']!r} was {col['type']} in the first run into this output; "
+                             f"its values now are not ({exc}). Use another --output, or fix the column.") from None
+    new = [n for n in extras.column_names if n not in {c["name"] for c in fixed}]
+    return pa.table(arrays, names=[c["name"] for c in fixed]) if fixed else extras.select([]), new
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")

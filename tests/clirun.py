@@ -16,9 +16,10 @@ def environ(env: dict | None) -> dict:
     return {k: v for k, v in merged.items() if v is not None}
 
 
-def cli(*args, env: dict | None = None, timeout: float = 300) -> tuple[int, str, str]:
+def cli(*args, env: dict | None = None, timeout: float = 300, cwd=None) -> tuple[int, str, str]:
     """Run a command to its end: (exit code, stdout, stderr)."""
-    proc = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=environ(env))
+    proc = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=environ(env),
+                          cwd=cwd)
     return proc.returncode, proc.stdout, proc.stderr
 
 
