@@ -21,6 +21,11 @@ from .choice import choose_executor
 from .config import RunConfig
 
 EXIT_OK, EXIT_ITEM_ERRORS, EXIT_USAGE, EXIT_FAILED_SHARDS, EXIT_STORAGE = 0, 3, 2, 4, 5
+EXIT_CODES_HELP = (f"Exit codes: {EXIT_OK} all items ok; {EXIT_ITEM_ERRORS} finished, some items have status=error; "
+                   f"{EXIT_FAILED_SHARDS} some shards failed or are damaged (run `humanseg-batch retry OUT`); "
+                   f"{EXIT_USAGE} usage or input error, or OUT is being written by another run; "
+                   f"{EXIT_STORAGE} the output storage failed (unreachable, no credentials, disk full): "
+                   "committed shards are kept, rerun when it is fixed.")
 
 
 def package_version() -> str:
