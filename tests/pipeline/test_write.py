@@ -43,6 +43,25 @@ def test_mask_video_round_trip_is_lossless():
     assert writer2.finish() == data          # bit-exact: the same masks give the same file
 
 
+def test_mask_video_of_any_width_reads_back_the_same_in_opencv(tmp_path):
+    """Widths that are not a multiple of 8 (the frame is packed 8 pixels a byte); OpenCV stands in for
+    the common tools a user reads the masks with."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    for w, h in [(37, 21), (1, 1), (130, 9)]:
+        masks = [(rng.random((h, w)) > 0.6).astype(np.uint8) * 255 for _ in range(3)]
+        writer = MaskVideoWriter(w, h)
+        for m in masks:
+            writer.add(m)
+        path = tmp_path / f"m{w}x{h}.mov"
+        path.write_bytes(writer.finish())
+        cap = cv2.VideoCapture(str(path))
+        back = [cap.read()[1] for _ in masks]
+        cap.release()
+        assert all(b is not None and np.array_equal(b[:, :, 0], m) for b, m in zip(back, masks)), (w, h)
+
+
 def test_png_and_keys():
     assert encode_png(np.zeros((3, 4), np.uint8))[:8] == b"\x89PNG\r\n\x1a\n"
     assert mask_key("a/b/photo.jpg") != mask_key("c/photo.jpg")
