@@ -96,6 +96,9 @@ def test_the_lease_is_exclusive_and_a_heartbeat_notices_a_takeover(where, tmp_pa
             acquire(root, None, "test two")
         # S3's conditional PUT itself (moto honours If-None-Match: *): a second create is refused
         assert Storage(root).create_exclusive(LEASE, b"{}") is False
+        first = json.loads(Storage(root).read_bytes(LEASE))["heartbeat"]
+        time.sleep(1.5)                          # heartbeats land (on S3: PUT with If-Match on our ETag)
+        assert held.lost is None and json.loads(Storage(root).read_bytes(LEASE))["heartbeat"] > first
         # someone else overwrites the lease: within a beat this holder stops writing
         Storage(root).write_bytes(LEASE, json.dumps({"token": "other", "heartbeat": time.time()}).encode())
         deadline = time.time() + 10

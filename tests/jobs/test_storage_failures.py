@@ -124,6 +124,25 @@ def test_s3_endpoint_gone_mid_run_then_back(s3_bucket, tmp_path, tiny_weights):
     relay.shut()
 
 
+def test_the_moto_server_killed_mid_run(s3_server, tmp_path, tiny_weights):   # s3_server: test credentials
+    """The S3 server process itself dies (its data with it): exit 5 and one line, no traceback."""
+    import s3fs
+    from conftest import start_moto
+
+    proc, endpoint = start_moto(tmp_path / "moto.log")
+    try:
+        s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}).mkdir("doomed")
+        env = dict(QUICK_S3, HUMANSEG_S3_ENDPOINT_URL=endpoint, HUMANSEG_FAULT_PAUSE="unit:5:3")
+        log = tmp_path / "run.log"
+        run = start(*run_args(manifest_of(tmp_path, 6), "s3://doomed/out", tiny_weights), env=env, stderr_file=log)
+        wait_for_line(log, "paused at unit", run)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert run.wait(timeout=300) == 5
+    assert_one_line_error(log.read_text(), "output storage unreachable: s3://doomed/out/")
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB tmpfs (mounting needs root: skipped where it cannot be mounted)."""
