@@ -97,14 +97,23 @@ def assert_one_line_error(err: str, text: str) -> None:
     assert lines and all(len(ln) < 400 for ln in lines), err
 
 
-def test_s3_endpoint_gone_mid_run_then_back(s3_bucket, tmp_path, tiny_weights):
+# where the run is held while the endpoint goes: in-process at the 4th unit (the first shard committed,
+# the second half done); under Ray in the driver at the second commit (units run in Ray workers)
+PAUSES = {"local": ("unit:5:4", "paused at unit"), "ray": ("commit:5:2", "paused at commit")}
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_s3_endpoint_gone_mid_run_then_back(executor, s3_bucket, tmp_path, tiny_weights):
     fs, bucket = s3_bucket
     relay = Relay(os.environ["HUMANSEG_S3_ENDPOINT_URL"])
-    env = dict(QUICK_S3, HUMANSEG_S3_ENDPOINT_URL=relay.endpoint, HUMANSEG_FAULT_PAUSE="unit:5:4")
+    pause, paused = PAUSES[executor]
+    env = dict(QUICK_S3, HUMANSEG_S3_ENDPOINT_URL=relay.endpoint, HUMANSEG_FAULT_PAUSE=pause)
     manifest, out = manifest_of(tmp_path, 8), f"s3://{bucket}/out"
     log = tmp_path / "run.log"
-    proc = start(*run_args(manifest, out, tiny_weights), env=env, stderr_file=log)
-    wait_for_line(log, "paused at unit", proc)    # the first shard is committed, the second half done
+    args = run_args(manifest, out, tiny_weights)
+    args[args.index("local")] = executor
+    proc = start(*args, "--decode-tasks", "1", env=env, stderr_file=log)
+    wait_for_line(log, paused, proc)
     relay.shut()                                  # the endpoint goes away while the run sleeps in the hook
     assert proc.wait(timeout=300) == 5
     err = log.read_text()
