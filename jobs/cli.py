@@ -14,7 +14,7 @@ import click
 from humanseg_batch.model import CheckpointError
 from humanseg_batch.model.checkpoint import is_model_name, resolve_weights
 from humanseg_batch.pipeline.lease import LeaseHeldError
-from humanseg_batch.pipeline.lease import acquire as acquire_lease
+from humanseg_batch.pipeline.lease import holding as holding_lease
 from humanseg_batch.pipeline.ledger import RunMismatchError, read_run_record
 from humanseg_batch.pipeline.manifest import ManifestError
 from humanseg_batch.pipeline.storage import OutputStorageError, Storage
@@ -24,8 +24,7 @@ from .config import RunConfig, build_config
 from .runner import EXIT_CODES_HELP, EXIT_STORAGE, EXIT_USAGE, prepare, print_summary
 
 DEBUG_ENV = "HUMANSEG_DEBUG"
-WAIT_HELP = ("If another run is writing OUT, wait until it ends (or its lease goes stale) instead of "
-             "exiting with 2.")
+WAIT_HELP = "If another run is writing OUT, wait until it ends (or its lease goes stale) instead of exiting with 2."
 
 
 def run_options(f):
@@ -83,16 +82,14 @@ def flags_to_config(manifest: str, config_file: str | None, **flags) -> RunConfi
 def execute(cfg: RunConfig, overwrite: bool = False, observers=(), redo_errors: bool = False,
             wait: bool = False) -> int:
     """Run a config with its executor while holding OUT's lease (one writer per output); return the exit code."""
+    command = shlex.join(["humanseg-batch", *sys.argv[1:]])[:300]
     try:
-        lease = acquire_lease(cfg.output, cfg.endpoint_url, shlex.join(["humanseg-batch", *sys.argv[1:]])[:300],
-                              wait=wait, log=console.log)
+        with holding_lease(cfg.output, cfg.endpoint_url, command, wait=wait, log=console.log) as lease:
+            lease.storage_failed = (code := _execute(cfg, overwrite, observers, redo_errors, lease)) == EXIT_STORAGE
+            return code
     except LeaseHeldError as exc:
         console.log(f"error: {exc}", level="error")
         return EXIT_USAGE
-    try:
-        return _execute(cfg, overwrite, observers, redo_errors, lease)
-    finally:
-        lease.release()
 
 
 def _execute(cfg: RunConfig, overwrite: bool, observers, redo_errors: bool, lease) -> int:

@@ -49,7 +49,8 @@ def summarise(output: str, endpoint_url: str | None = None) -> dict:
         "output": output, "manifest": cfg["manifest"], "model": cfg.get("model"),
         "weights_sha256": cfg.get("weights_sha256"), "runs": record.get("runs", 1),
         "shards": {"committed": len(markers), "failed": len(failed), "pending": pending},
-        "rows": {"ok": sum(m.get("rows_ok", 0) for m in markers), "error": sum(m.get("rows_error", 0) for m in markers)},
+        "rows": {"ok": sum(m.get("rows_ok", 0) for m in markers),
+                 "error": sum(m.get("rows_error", 0) for m in markers)},
         "items_committed": sum(len(m.get("ids", ())) for m in markers),
         # video frame rows; markers written before `video_frames` existed only have `frames` (images too)
         "frames": sum(m.get("video_frames", m.get("frames", 0)) for m in markers),

@@ -81,6 +81,7 @@ class Lease:
     stale_after: float
     etag: str | None = None
     lost: str | None = None
+    storage_failed: bool = False        # set by the holder: release() then leaves the lease to go stale
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def check(self) -> None:
@@ -108,8 +109,12 @@ class Lease:
         self.info["heartbeat"] = time.time()
         self.etag = _put(self.storage, self.info, if_match=etag)
 
-    def release(self) -> None:
+    def release(self, write: bool = True) -> None:
+        """Stop the heartbeat and delete the lease; `write=False` (the storage failed) leaves it to go stale:
+        a next writer on this host takes it over at once (our pid is gone), elsewhere after `stale_after`."""
         self._stop.set()
+        if not write:
+            return
         with contextlib.suppress(Exception):   # an unreachable store: the lease goes stale by itself
             current, _ = _read(self.storage)
             if current and current.get("token") == self.info["token"]:
@@ -203,9 +208,24 @@ def acquire(root: str, endpoint_url: str | None, command: str, wait: bool = Fals
             lease.start_heartbeat()
             return lease
         if not wait:
-            raise LeaseHeldError(f"{root} is being written by {describe(holder)}. Wait for it (--wait), or if "
-                                 f"that process is gone, its lease expires {stale_after:.0f}s after its last heartbeat.")
+            raise LeaseHeldError(f"{root} is being written by {describe(holder)}. Wait for it (--wait), or if that "
+                                 f"process is gone, its lease expires {stale_after:.0f}s after its last heartbeat.")
         if not said:
             log(f"waiting for the writer of {root}: {describe(holder)}")
             said = True
         time.sleep(min(5.0, max(0.2, stale_after / 20)))
+
+
+@contextlib.contextmanager
+def holding(root: str, endpoint_url: str | None, command: str, wait: bool = False, log=print):
+    """OUT's lease for a `with` block. After a failure of the storage itself (OutputStorageError, or
+    `storage_failed` set by the holder) it is left to go stale instead of spending more minutes of
+    retries on deleting it."""
+    lease = acquire(root, endpoint_url, command, wait, log)
+    try:
+        yield lease
+    except OutputStorageError:
+        lease.storage_failed = True
+        raise
+    finally:
+        lease.release(write=not lease.storage_failed)

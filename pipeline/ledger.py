@@ -1,15 +1,14 @@
 """A shard's life in OUT, from plan to commit. The only code that names or reads shard markers.
 
     OUT/_run.json                    the run record: settings that change results, checked on resume
-    OUT/_shards/<shard>.done.json    a committed shard, written after its masks and Parquet (stats, ids, and
-                                     the Parquet file's name, rows, bytes and sha256, so a commit can be verified)
+    OUT/_shards/<shard>.done.json    a committed shard, written after its masks and Parquet (stats, ids, the
+                                     Parquet file's name, rows, bytes, sha256: a commit can be verified)
     OUT/_shards/<shard>.failed.json  why a shard failed (removed when it commits)
 
-A Parquet file without a done marker is a leftover of an interrupted run and is removed before
-new work starts (only by the holder of OUT's lease, pipeline/lease.py, so never a file another
-writer is still committing); the shard is then redone whole. A committed shard whose Parquet file
-is missing or differs from its marker is "damaged": taken back and redone whole like a failed one. Executors only feed a `ShardAssembly` the
-rows of each unit; the assembly commits through the ledger when the last unit is in.
+A Parquet file without a done marker is a leftover of an interrupted run, removed before new work
+starts by the holder of OUT's lease (pipeline/lease.py: never a file another writer is committing);
+a committed shard whose Parquet file is missing or differs from its marker is "damaged". Either is
+redone whole. Executors feed a `ShardAssembly` each unit's rows; it commits when the last is in.
 """
 from __future__ import annotations
 
@@ -171,8 +170,7 @@ class Ledger:
         return {s: p for s, p in zip(shards, problems) if p}
 
     def uncommit(self, shards: list[str]) -> None:
-        """Take committed shards back so they are redone whole. Marker first, so a crash in between
-        leaves a shard merely unfinished."""
+        """Take committed shards back to redo them whole (marker first: a crash in between leaves them unfinished)."""
         for shard in shards:
             self.storage.remove(_marker_path(shard))
             self.storage.remove(shard_parquet_path(shard))
@@ -229,6 +227,9 @@ class Ledger:
         only said (the shard is unfinished either way, and the next run redoes it)."""
         record = {"shard": shard.name, "reason": reason, "ids": [i.id for i in shard.items], "failed_at": time.time()}
         self.failed_now[shard.name] = reason
+        if self.broken:     # not another minute of retries against storage known to be gone
+            self.failed_now[shard.name] = f"{reason} (not recorded: {self.broken})"
+            return
         try:
             self.storage.write_bytes(_marker_path(shard.name, FAILED), json.dumps(record).encode())
         except Exception as exc:  # noqa: BLE001 - the storage that failed the shard may fail this too

@@ -190,7 +190,8 @@ class Storage:
             entries = self.fs.ls(self.full(rel), detail=True, refresh=True)
         except FileNotFoundError:
             return {}
-        return {posixpath.basename(e["name"].rstrip("/")): e.get("size") for e in entries if e.get("type") != "directory"}
+        return {posixpath.basename(e["name"].rstrip("/")): e.get("size")
+                for e in entries if e.get("type") != "directory"}
 
     @_guarded
     def open(self, rel: str, mode: str = "rb"):
