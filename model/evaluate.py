@@ -37,7 +37,7 @@ def evaluate_masks(names: list[str], preds, truths) -> tuple[list[dict], dict]:
     """Per-image rows and overall numbers for predicted vs true masks (any non-zero = person)."""
     rows, pooled = [], [0, 0, 0, 0]
     for name, pred, truth in zip(names, preds, truths):
-        tp, fp, fn, tn = confusion(pred > 0, truth > 0)
+        tp, fp, fn, tn = confusion(pred > 0, truth)          # truth as labelled: unknown pixels not counted
         pooled = [a + b for a, b in zip(pooled, (tp, fp, fn, tn))]
         rows.append({"name": name, "width": truth.shape[1], "height": truth.shape[0], "truth_pixels": tp + fn,
                      "pred_pixels": tp + fp, "tp": tp, "fp": fp, "fn": fn, "tn": tn,

@@ -57,6 +57,12 @@ AUGMENT = AugmentConfig(channel_swap=0.2, distractors=(0, 2), composite_people=(
 def pack(args) -> None:
     """Scenes from HUMAN/train, cut-outs and backgrounds from HUMAN -> one .npz (carried to a GPU machine)."""
     samples = add_material(load_folder(HUMAN / "train"), HUMAN)
+    # everyday photos are few beside the fashion shots: each COCO scene appears `--coco-repeat` times (the
+    # copies share a name, hence a group, so they stay on one side of the validation split)
+    coco = [i for i, n in enumerate(samples.names) if n.startswith("coco_")]
+    for _ in range(args.coco_repeat - 1):
+        for i in coco:
+            samples.add(samples.images[i], samples.masks[i], samples.names[i], samples.groups[i])
     # training never sees more than ~2x the model input: smaller files, faster decoding and augmentation
     samples.images, samples.masks = zip(*(shrink(i, m, 640) for i, m in zip(samples.images, samples.masks)))
     samples.images, samples.masks = list(samples.images), list(samples.masks)
@@ -97,15 +103,16 @@ def fast_start(out: Path) -> Path:
 def train_tier(args) -> None:
     tier = TIERS[args.tier]
     out = Path(args.out or CACHE / f"run-{args.tier}")
-    init_weights = str(fast_start(out)) if args.tier == "fast" else None
-    if args.tier == "quality" and not IMAGENET.exists():
+    init_weights = args.init or (str(fast_start(out)) if args.tier == "fast" else None)
+    if args.tier == "quality" and not args.init and not IMAGENET.exists():
         raise SystemExit(f"{IMAGENET} is missing: run .venv/bin/python model/recipe/fetch_encoder.py first")
     cfg = TrainConfig(
         data=str(args.pack), out_dir=str(out), model=tier["model"], epochs=args.epochs or tier["epochs"],
-        batch_size=tier["batch_size"], lr=tier["lr"], val_fraction=0.08, seed=args.seed, augment=AUGMENT,
+        batch_size=tier["batch_size"], lr=args.lr or tier["lr"], val_fraction=0.08, seed=args.seed, augment=AUGMENT,
         composites_per_epoch=args.composites or tier["composites"], device=args.device, precision=args.precision,
         threads=args.threads, num_workers=args.workers, resume=args.resume, init_weights=init_weights,
-        init_encoder=str(IMAGENET) if args.tier == "quality" else None, encoder_lr_scale=tier["encoder_lr_scale"])
+        init_encoder=str(IMAGENET) if args.tier == "quality" and not args.init else None,
+        encoder_lr_scale=tier["encoder_lr_scale"])
     result = train(cfg)
     print(f"best epoch {result.best_epoch}: val IoU {result.best_val_iou:.4f} -> {result.best_path}")
 
@@ -125,11 +132,19 @@ def with_input(path: str, size: str | None, out: Path, name: str | None = None) 
 
 def measure(args) -> None:
     weights = with_input(args.weights, args.input, CACHE / "measure-tmp.safetensors")
-    overall = evaluate(weights, args.data, out_csv=args.csv, sheet=args.sheet, device="cpu", precision="fp32")
+    overall = evaluate(weights, args.data, out_csv=args.csv, sheet=args.sheet, device="cpu", precision="fp32",
+                       threshold=args.threshold)
     keys = ("model", "images_with_people", "person_free_images", "mean_iou_with_people", "mean_iou_small",
             "images_small", "mean_iou_medium", "images_medium", "mean_iou_large", "images_large",
             "false_person_pixels_person_free", "mean_false_person_fraction_person_free")
-    print(json.dumps({k: overall.get(k) for k in keys}, indent=1))
+    summary = {k: overall.get(k) for k in keys}
+    if args.csv:     # per source (the name's prefix: ccp_, coco_, ...): COCO's everyday photos are the hard part
+        import csv
+        rows = list(csv.DictReader(open(args.csv)))
+        for source in sorted({r["name"].split("_")[0] for r in rows}):
+            ious = [float(r["iou"]) for r in rows if r["name"].startswith(source + "_") and r["size"] != "none"]
+            summary[f"mean_iou_{source}"] = sum(ious) / len(ious) if ious else None
+    print(json.dumps(summary, indent=1))
 
 
 def install(args) -> None:
@@ -145,12 +160,15 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("pack")
     p.add_argument("--out", default=str(PACK))
+    p.add_argument("--coco-repeat", type=int, default=1, help="copies of each COCO scene in the pack")
     p = sub.add_parser("train")
     p.add_argument("tier", choices=sorted(TIERS))
     p.add_argument("--pack", default=str(PACK))
     p.add_argument("--out")
     p.add_argument("--epochs", type=int)
     p.add_argument("--composites", type=int)
+    p.add_argument("--init", help="start from this checkpoint (a second, fine-tuning stage)")
+    p.add_argument("--lr", type=float)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto")
     p.add_argument("--threads", type=int, default=1)
@@ -163,6 +181,7 @@ def main() -> None:
     p.add_argument("--input", help="HxW letterbox to run at (default: the checkpoint's)")
     p.add_argument("--csv")
     p.add_argument("--sheet")
+    p.add_argument("--threshold", type=float, help="person probability threshold (default: the checkpoint's)")
     p = sub.add_parser("install")
     p.add_argument("tier", choices=sorted(TIERS))
     p.add_argument("weights")

@@ -18,7 +18,8 @@ import torch
 
 from humanseg_batch.model.data import load_folder
 from humanseg_batch.model.losses import confusion, scores
-from humanseg_batch.model.segmenter import Segmenter, finish_mask, letterbox_into
+from humanseg_batch.model.preprocess import letterbox_into
+from humanseg_batch.model.segmenter import Segmenter, finish_mask
 from humanseg_batch.model.temporal import flicker, smooth
 
 HERE = Path(__file__).resolve().parent

@@ -61,10 +61,13 @@ def test_eval_by_person_size_and_false_pixels_on_person_free_photos():
     large = np.zeros((100, 100), np.uint8)
     large[:50] = 1                           # 50 %
     free = np.zeros((100, 100), np.uint8)
+    large[50:] = UNKNOWN                     # the rest unknown: not counted, whatever the prediction
     preds = [small.copy(), np.zeros_like(large), free.copy()]
+    preds[1][50:] = 1
     preds[2][:2] = 1                         # 200 false person pixels out of 10,000
     rows, overall = evaluate_masks(["s", "l", "f"], preds, [small, large, free])
     assert [r["size"] for r in rows] == ["small", "large", "none"]
+    assert rows[1]["truth_pixels"] == 5000 and rows[1]["fp"] == 0 and rows[1]["tn"] == 0
     assert overall["mean_iou_small"] == 1.0 and overall["mean_iou_large"] == 0.0
     assert overall["images_medium"] == 0 and overall["mean_iou_with_people"] == 0.5
     assert overall["false_person_pixels_person_free"] == 0.02

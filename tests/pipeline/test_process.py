@@ -80,7 +80,8 @@ def test_the_chunks_of_a_video_give_every_sampled_frame_once_with_its_time(tmp_p
 
 
 def test_temporal_smoothing_decides_each_video_mask_from_its_neighbours_too(tmp_path, media, segmenter):
-    from humanseg_batch.model.segmenter import content_size, finish_mask, letterbox_into
+    from humanseg_batch.model.preprocess import content_size, letterbox_into
+    from humanseg_batch.model.segmenter import finish_mask
     from humanseg_batch.model.temporal import smooth
     from humanseg_batch.pipeline.decode import decode_chunk
 
