@@ -206,7 +206,7 @@ def submit(manifest, config_file, overwrite, working_dir, pip_packages, runtime_
         env["pip"] = list(pip_packages)
     if runtime_env_json:
         env.update(json.loads(runtime_env_json))
-    from .ray_executor import submit_job
+    from .ray_jobs import submit_job
 
     sys.exit(submit_job(address, shlex.join(args), env, wait, log=lambda m: click.echo(m, err=True)))
 

@@ -1,4 +1,4 @@
-"""The Ray executor: the only module of humanseg-batch that imports ray.
+"""The Ray executor: with jobs/ray_jobs.py (the Jobs API client), the only module that imports ray.
 
     driver ──expand_task (CPU: probe videos, plan chunks)──> units
            ──unit_task (CPU: decode, letterbox, write masks)──> rows ──> commit shard (driver)
@@ -9,15 +9,15 @@ stays bounded whatever the size of the manifest or the length of a video.
 """
 from __future__ import annotations
 
-import asyncio
+import collections
 import logging
 import os
-import time
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import ray
+import ray._private.ray_constants as ray_constants
 from ray.exceptions import RayError
 
 from humanseg_batch.pipeline.batching import BatchingSegmenter
@@ -28,9 +28,18 @@ from humanseg_batch.pipeline.process import UnitContext, expand_shard, run_unit
 from .runner import Prepared, progress_bar
 
 LOCAL_IP = "127.0.0.1"
+SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"   # "0": Ray's switch for "no multi-node cluster"
 
 
-def connect(address: str | None, log=print) -> None:
+def loopback_only() -> None:
+    """Keep an embedded Ray on 127.0.0.1: Ray (2.60) turns a loopback node address into the one that
+    routes outwards (eth0: gcs_server got --node-ip-address=192.0.2.2) unless told there is no cluster.
+    This process read the switch at import; Ray's child processes read it from the environment."""
+    os.environ[SINGLE_NODE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def connect(address: str | None, log=print) -> bool:
     """Join a cluster (address or RAY_ADDRESS), else start an embedded local Ray on loopback.
 
     The embedded Ray has as many CPUs as the machine has cores: the model actors reserve theirs
@@ -38,7 +47,7 @@ def connect(address: str | None, log=print) -> None:
     measured slower: the threads fight for the cores.)
     """
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         info = ray.init(address=address, logging_level="WARNING")
@@ -46,12 +55,14 @@ def connect(address: str | None, log=print) -> None:
         # Ray (2.60) turns token auth on for a new local cluster and says so on every run: keep it on,
         # drop the notice (a cluster's auth is set where the cluster is made: infra/README.md).
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        loopback_only()
         info = ray.init(_node_ip_address=LOCAL_IP, include_dashboard=False, logging_level="WARNING")
     where = f"cluster {address}" if address else "embedded local Ray"
     dashboard = f"; dashboard http://{info.dashboard_url}" if info.dashboard_url else ""
     job = f"; Ray job {ray.get_runtime_context().get_job_id()}" if address else ""
     log(f"ray: {where}; resources CPU={ray.cluster_resources().get('CPU', 0):g} "
         f"GPU={ray.cluster_resources().get('GPU', 0):g}{dashboard}{job}")
+    return True
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1)
@@ -71,8 +82,9 @@ class ModelActor:
 
     def describe(self) -> dict:
         s = self.segmenter
+        context = ray.get_runtime_context()
         return {"pid": os.getpid(), "device": str(s.device), "precision": s.precision, "served": self.served,
-                "worker": ray.get_runtime_context().get_worker_id()}
+                "worker": context.get_worker_id(), "node": context.get_node_id()}
 
     async def infer(self, batch: np.ndarray) -> np.ndarray:
         probs = await self.batcher.infer(batch)
@@ -102,7 +114,7 @@ def expand_task(shard: Shard, ctx: UnitContext):
 
 @ray.remote(num_cpus=1)
 def unit_task(unit, ctx: UnitContext, actors: list, seed: int):
-    return run_unit(unit, ctx, ActorInference(actors, seed))
+    return *run_unit(unit, ctx, ActorInference(actors, seed)), ray.get_runtime_context().get_node_id()
 
 
 @dataclass
@@ -134,14 +146,24 @@ def start_actors(prep: Prepared) -> list:
     count = cfg.model_actors or (max(1, int(gpus / cfg.gpus_per_actor)) if use_gpu else 1)
     options = {"num_cpus": cfg.cpus_per_actor, "num_gpus": cfg.gpus_per_actor if use_gpu else 0}
     threads = 0 if use_gpu else max(1, int(round(cfg.cpus_per_actor)))
-    device = cfg.device if cfg.device != "auto" else ("cuda" if use_gpu else "cpu")
+    # auto with GPUs: the actor's node decides (the Segmenter's rule), and the log says what it chose
+    device = cfg.device if cfg.device != "auto" or use_gpu else "cpu"
     return [ModelActor.options(**options).remote(prep.model_path, device, cfg.precision, cfg.batch_size,
                                                  cfg.threshold, cfg.compile, threads) for _ in range(count)]
 
 
 def execute_ray(prep: Prepared, log=print) -> None:
     cfg = prep.config
-    connect(cfg.address, log)
+    embedded = connect(cfg.address, log)
+    try:
+        run_on_ray(prep, log)
+    finally:
+        if embedded:   # stopped while the interpreter is whole, not by an exit hook in its teardown
+            ray.shutdown()
+
+
+def run_on_ray(prep: Prepared, log=print) -> None:
+    cfg = prep.config
     actors = start_actors(prep)
     resources = ray.cluster_resources()
     actor_cpus = len(actors) * cfg.cpus_per_actor
@@ -165,6 +187,7 @@ class Scheduler:
         self.running: dict = {}                                   # ref -> (kind, progress, unit)
         self.retries = prep.config.task_retries
         self.frames = 0
+        self.unit_nodes: collections.Counter = collections.Counter()    # node id -> units it ran
         self.info_refs = [a.describe.remote() for a in actors]   # logged when the actors are up
         self.first_info: list[dict] = []
 
@@ -199,13 +222,20 @@ class Scheduler:
                     self._landed(kind, prog, unit, result, bar)
                 self._submit_next()
         self._log_restarts()
+        if len(self.unit_nodes) > 1:
+            self.log(f"work units ran on {len(self.unit_nodes)} node(s): "
+                     + ", ".join(f"{n[:8]} {k}" for n, k in self.unit_nodes.most_common()))
 
     def _log_actor_info(self) -> None:
         if self.info_refs and not ray.wait(self.info_refs, num_returns=len(self.info_refs), timeout=0)[1]:
             info = self.first_info = ray.get(self.info_refs)
             self.info_refs = []
             pids = ", ".join(str(i["pid"]) for i in info)
-            self.log(f"model actors: {len(info)} on {info[0]['device']} ({info[0]['precision']}), pid {pids}")
+            nodes = ", ".join(sorted({i["node"][:8] for i in info}))
+            self.log(f"model actors: {len(info)} on {info[0]['device']} ({info[0]['precision']}), pid {pids}; "
+                     f"node {nodes}")
+            if info[0]["device"] == "cpu" and self.prep.config.device == "auto" and ray.cluster_resources().get("GPU"):
+                self.log("warning: the model actors hold GPUs but their node's torch sees no CUDA: running on CPU")
 
     def _log_restarts(self) -> None:
         """Say which model actors died and were restarted during the run, and what the new process did."""
@@ -233,7 +263,8 @@ class Scheduler:
             self.todo[:0] = [(prog, u) for u in units]
             prog.assembly.expanded(units, rows)
         else:
-            rows, stats = result
+            rows, stats, node = result
+            self.unit_nodes[node] += 1
             prog.credit(bar, len(unit.items) if isinstance(unit, ImageUnit) else 1 / prog.chunks[unit.item.id])
             self.frames += stats["frames"]
             bar.set_postfix(frames=self.frames, refresh=False)
@@ -247,43 +278,3 @@ class Scheduler:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         prog.assembly.fail(f"{type(exc).__name__} in {where} after {self.retries} retries: {first_line}")
         prog.credit(bar, len(prog.shard.items) - prog.counted)
-
-
-def submit_job(address: str, entrypoint: str, runtime_env: dict | None, wait: bool, log=print) -> int:
-    """Submit `entrypoint` as a Ray job through the Jobs API; optionally follow its logs to the end."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(address)
-    deadline = time.time() + 120
-    while True:
-        try:
-            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env or None)
-            break
-        except RuntimeError as exc:   # a head that just started has no job agent for a while
-            if "No available agent" not in str(exc) or time.time() > deadline:
-                raise
-            log("the cluster's job agent is not up yet; retrying")
-            time.sleep(2)
-    log(f"submitted job {job_id} to {address}")
-    log(f"  follow:  ray job logs --address {address} --follow {job_id}")
-    log(f"  status:  ray job status --address {address} {job_id}")
-    if not wait:
-        print(job_id)
-        return 0
-
-    async def follow() -> None:
-        async for lines in client.tail_job_logs(job_id):
-            print(lines, end="", flush=True)
-
-    try:
-        asyncio.run(follow())
-    except Exception as exc:  # noqa: BLE001 - log streaming is best effort; the status below decides
-        log(f"(log stream ended: {exc})")
-    status = client.get_job_status(job_id)
-    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-        time.sleep(1)
-        status = client.get_job_status(job_id)
-    info = client.get_job_info(job_id)
-    log(f"job {job_id}: {status.value}" + (f" ({info.message})" if info.message else ""))
-    print(job_id)
-    return 0 if status == JobStatus.SUCCEEDED else (info.driver_exit_code or 1)

@@ -73,7 +73,10 @@ def ray_local(s3_server):
     """
     import ray
 
+    from humanseg_batch.jobs.ray_executor import loopback_only
+
     os.environ["HUMANSEG_FAULT_CRASH_URI"] = "__poison__"
+    loopback_only()          # as the product's embedded Ray: every component on 127.0.0.1
     ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()

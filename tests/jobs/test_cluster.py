@@ -13,6 +13,8 @@ import pytest
 
 from mediagen import read_rows, write_manifest
 
+from humanseg_batch.jobs.ray_executor import SINGLE_NODE_ENV
+
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
 
@@ -35,6 +37,7 @@ def start_head(temp: Path) -> tuple[subprocess.Popen, str] | None:
                    f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
                    f"--ray-client-server-port={free_port()}"]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PATH=f"{BIN}:{os.environ['PATH']}")  # as on a node with the package installed
+    env[SINGLE_NODE_ENV] = "0"   # else Ray advertises eth0 for --node-ip-address=127.0.0.1 (jobs/ray_executor.py)
     env.pop("RAY_ADDRESS", None)
     with open(temp / "ray-start.log", "a") as log:        # a file: a full pipe would stall the head
         proc = subprocess.Popen(
