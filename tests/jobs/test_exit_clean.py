@@ -20,12 +20,14 @@ def assert_clean(proc: subprocess.CompletedProcess, code: int) -> None:
 
 
 def test_run_status_and_query_exit_cleanly_after_ray_and_local_runs(tmp_path, tiny_weights):
+    # a missing file gives an error row: `status` then scans the Parquet for its errors (pyarrow.dataset)
     manifest = write_manifest(tmp_path / "m.csv", [{"uri": make_video(tmp_path / "v.mp4", frames=12)},
-                                                   {"uri": make_image(tmp_path / "a.png")}])
+                                                   {"uri": make_image(tmp_path / "a.png")},
+                                                   {"uri": tmp_path / "missing.png"}])
     for round_, executor in enumerate(["ray", "local", "ray"]):
         out = tmp_path / f"out{round_}"
         assert_clean(command("run", manifest, "-o", out, "--weights", tiny_weights, "--executor", executor,
-                             "--no-progress"), 0)
+                             "--no-progress"), 3)
         for _ in range(3):
-            assert_clean(command("status", out), 0)
+            assert_clean(command("status", out), 3)
         assert_clean(command("query", out, "select count(*) as n from items"), 0)
