@@ -56,7 +56,8 @@ AUGMENT = AugmentConfig(channel_swap=0.2, distractors=(0, 2), composite_people=(
 
 def pack(args) -> None:
     """Scenes from HUMAN/train, cut-outs and backgrounds from HUMAN -> one .npz (carried to a GPU machine)."""
-    samples = add_material(load_folder(HUMAN / "train"), HUMAN)
+    human = Path(args.human)
+    samples = add_material(load_folder(human / "train"), human)
     # everyday photos are few beside the fashion shots: each COCO scene appears `--coco-repeat` times (the
     # copies share a name, hence a group, so they stay on one side of the validation split)
     coco = [i for i, n in enumerate(samples.names) if n.startswith("coco_")]
@@ -149,7 +150,7 @@ def measure(args) -> None:
 
 def install(args) -> None:
     model, info = load_checkpoint(with_input(args.weights, args.input, CACHE / "install-tmp.safetensors", args.tier))
-    target = WEIGHTS_DIR / f"{args.tier}.safetensors"
+    target = Path(args.weights_dir) / f"{args.tier}.safetensors"
     save_checkpoint(target, model, extra=dict(info["extra"], source=Path(args.weights).name), half=True)
     load_checkpoint(target)
     print(f"installed {args.weights} as {target} ({target.stat().st_size / 2**20:.2f} MiB, {model.config.tag})")
@@ -161,6 +162,7 @@ def main() -> None:
     p = sub.add_parser("pack")
     p.add_argument("--out", default=str(PACK))
     p.add_argument("--coco-repeat", type=int, default=1, help="copies of each COCO scene in the pack")
+    p.add_argument("--human", default=str(HUMAN), help="the folder fetch_human.py wrote")
     p = sub.add_parser("train")
     p.add_argument("tier", choices=sorted(TIERS))
     p.add_argument("--pack", default=str(PACK))
@@ -186,6 +188,7 @@ def main() -> None:
     p.add_argument("tier", choices=sorted(TIERS))
     p.add_argument("weights")
     p.add_argument("--input", help="HxW letterbox to ship at (default: the checkpoint's)")
+    p.add_argument("--weights-dir", default=str(WEIGHTS_DIR), help="where the shipped weights live")
     args = ap.parse_args()
     {"pack": pack, "train": train_tier, "measure": measure, "install": install}[args.cmd](args)
 
