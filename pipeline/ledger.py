@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
@@ -81,7 +82,7 @@ def wipe_output(storage: Storage) -> None:
     storage.remove(RUN_RECORD)
 
 
-def _commit_problem(storage: Storage, shard: str, marker: dict, sizes: dict[str, int]) -> str | None:
+def _commit_problem(storage: Storage, shard: str, marker: dict, sizes: dict[str, int], footers: bool) -> str | None:
     """Why a committed shard's Parquet file is not the one its marker recorded, or None."""
     rel = shard_parquet_path(shard)
     size, want = sizes.get(rel.rsplit("/", 1)[-1]), marker.get("parquet", {})
@@ -89,6 +90,8 @@ def _commit_problem(storage: Storage, shard: str, marker: dict, sizes: dict[str,
         return f"{rel} is missing"
     if "bytes" in want and size != want["bytes"]:   # markers older than verified commits have no size
         return f"{rel} has {size} bytes, {want['bytes']} were committed"
+    if not footers and "bytes" in want:
+        return None
     try:
         with storage.open(rel) as f:
             rows = pq.read_metadata(f).num_rows
@@ -158,15 +161,13 @@ class Ledger:
             del self.failed[shard]
         return stale
 
-    def damaged(self) -> dict[str, str]:
-        """Committed shards whose Parquet file is missing or not the one committed: shard -> why.
-        Cheap: sizes from one listing, then each file's footer (row count), read concurrently."""
-        from concurrent.futures import ThreadPoolExecutor
-
+    def damaged(self, footers: bool = True) -> dict[str, str]:
+        """Committed shards whose Parquet file is missing or not the one committed: shard -> why. Sizes from
+        one listing, then (`footers`, or markers without a size) each file's row count, read concurrently."""
         sizes = self.storage.sizes(METADATA_DIR)
         shards = sorted(self.done)
         with ThreadPoolExecutor(8) as pool:
-            problems = pool.map(lambda s: _commit_problem(self.storage, s, self.done[s], sizes), shards)
+            problems = pool.map(lambda s: _commit_problem(self.storage, s, self.done[s], sizes, footers), shards)
         return {s: p for s, p in zip(shards, problems) if p}
 
     def uncommit(self, shards: list[str]) -> None:
@@ -223,8 +224,7 @@ class Ledger:
         return marker
 
     def fail(self, shard: Shard, reason: str) -> None:
-        """Record a shard's failure. Never raises for the storage: a record that cannot be written is
-        only said (the shard is unfinished either way, and the next run redoes it)."""
+        """Record a shard's failure; never raises for the storage (a record not written is only said)."""
         record = {"shard": shard.name, "reason": reason, "ids": [i.id for i in shard.items], "failed_at": time.time()}
         self.failed_now[shard.name] = reason
         if self.broken:     # not another minute of retries against storage known to be gone
