@@ -49,6 +49,9 @@ def test_a_second_local_writer_is_refused_a_waiting_one_takes_over_from_a_killed
         assert len(line) == 1 and f"pid {first.pid}" in line[0] and "`humanseg-batch run" in line[0]
         assert "Traceback" not in err
 
+        code, text, err = cli("status", out, "--json")      # readers never need the lease
+        assert code == 4 and json.loads(text)["shards"]["pending"] == 2, err
+
         waiter = start(*args, "--wait", stderr_file=tmp_path / "waiter.log")
         wait_for_line(tmp_path / "waiter.log", "waiting for the writer", waiter)
         assert list((out / "metadata").glob("*.parquet")), "the holder's uncommitted Parquet was removed"
