@@ -60,9 +60,19 @@ def describe(info: dict) -> str:
             f"last heartbeat {age:.0f}s ago)")
 
 
+def _pid_namespace() -> int | None:
+    """Containers can share a host name: a pid means something only in the same pid namespace."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
 def _pid_gone(info: dict) -> bool:
-    """The holder ran on this host and its process no longer exists."""
+    """The holder ran on this host, in this pid namespace, and its process no longer exists."""
     if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    if info.get("pidns") != _pid_namespace():
         return False
     try:
         os.kill(info["pid"], 0)
@@ -145,7 +155,8 @@ def _put(storage: Storage, info: dict, if_match: str | None) -> str | None:
             storage.fs.pipe_file(storage.full(LEASE), data)
     except OSError as exc:
         if "Precondition" in str(exc) or getattr(exc, "errno", None) == 22:
-            raise LeaseLostError(f"the lease on {storage.root} changed under us; stopped writing") from exc
+            raise LeaseLostError(f"the lease on {storage.root} was taken over (it changed under us); "
+                                 "stopped writing") from exc
         raise
     return (out or {}).get("ETag")
 
@@ -161,8 +172,11 @@ def _take_over(storage: Storage, stale: dict, etag: str | None) -> bool:
     except FileNotFoundError:
         return True
     with open(aside, "rb") as f:
-        moved = f.read()
-    if json.loads(moved or b"{}").get("token") != stale.get("token"):   # a fresh lease: put it back
+        try:
+            token = json.loads(f.read()).get("token")
+        except ValueError:      # torn or foreign: as stale as the one we read
+            token = stale.get("token")
+    if token != stale.get("token"):   # a fresh lease: put it back
         with contextlib.suppress(OSError):
             os.link(aside, path)
     os.remove(aside)
@@ -196,8 +210,8 @@ def acquire(root: str, endpoint_url: str | None, command: str, wait: bool = Fals
     storage = Storage(root, endpoint_url)
     stale_after = stale_after_s()
     now = time.time()
-    info = {"owner": _user(), "host": socket.gethostname(), "pid": os.getpid(), "command": command,
-            "token": uuid.uuid4().hex, "started": now, "heartbeat": now}
+    info = {"owner": _user(), "host": socket.gethostname(), "pid": os.getpid(), "pidns": _pid_namespace(),
+            "command": command, "token": uuid.uuid4().hex, "started": now, "heartbeat": now}
     said = False
     while True:
         ok, holder = _try_acquire(storage, info, stale_after, log)
