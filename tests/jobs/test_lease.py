@@ -69,7 +69,7 @@ def test_two_writers_on_one_s3_output(s3_bucket, tmp_path, tiny_weights):
     fs, bucket = s3_bucket
     manifest, out = manifest_of(tmp_path), f"s3://{bucket}/out"
     args = run_args(manifest, out, tiny_weights)
-    first = start(*args, env={"HUMANSEG_FAULT_PAUSE": "commit:45"}, stderr_file=tmp_path / "first.log")
+    first = start(*args, env={"HUMANSEG_FAULT_PAUSE": "commit:60"}, stderr_file=tmp_path / "first.log")
     wait_for_line(tmp_path / "first.log", PAUSED, first)
     code, _, err = cli(*args)
     assert code == 2 and f"pid {first.pid}" in err, err
