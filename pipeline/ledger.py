@@ -162,8 +162,7 @@ class Ledger:
         return stale
 
     def damaged(self, footers: bool = True) -> dict[str, str]:
-        """Committed shards whose Parquet file is missing or not the one committed: shard -> why. Sizes from
-        one listing, then (`footers`, or markers without a size) each file's row count, read concurrently."""
+        """Committed shards whose Parquet file is missing or not the one committed -> why (sizes; `footers`: rows)."""
         sizes = self.storage.sizes(METADATA_DIR)
         shards = sorted(self.done)
         with ThreadPoolExecutor(8) as pool:
@@ -178,8 +177,9 @@ class Ledger:
             del self.done[shard]
 
     def remove_temp_files(self) -> list[str]:
-        """Temp files of writes that were interrupted (a kill, a full disk) in the ledger's folders."""
-        return [n for rel in ("", SHARDS_DIR, METADATA_DIR) for n in self.storage.remove_temp_files(rel)]
+        """Temp files of writes that were killed, anywhere in OUT (local only: S3 writes are one PUT)."""
+        return self.storage.remove_temp_files(MASKS_DIR, recursive=True) + \
+            [n for rel in ("", SHARDS_DIR, METADATA_DIR) for n in self.storage.remove_temp_files(rel)]
 
     def remove_leftovers(self) -> list[str]:
         """Delete Parquet files of shards without a marker (leftovers of an interrupted run)."""

@@ -197,13 +197,19 @@ class Storage:
     def open(self, rel: str, mode: str = "rb"):
         return self.fs.open(self.full(rel), mode)
 
-    def remove_temp_files(self, rel: str) -> list[str]:
-        """Delete local temp files left directly under rel by an interrupted write (none exist on S3)."""
+    def remove_temp_files(self, rel: str, recursive: bool = False) -> list[str]:
+        """Delete local temp files left under rel by a killed write (none exist on S3); relative paths.
+        A walk of a million mask files takes seconds, so `recursive` is for folders that need it."""
         if not self.local:
             return []
-        found = [n for n in self.list(rel) if TEMP_MARK in n]
-        for name in found:
-            self.remove(f"{rel}/{name}" if rel else name)
+        if recursive:
+            top = self.full(rel)
+            found = [os.path.relpath(os.path.join(d, n), self.path) for d, _, names in os.walk(top)
+                     for n in names if TEMP_MARK in n]
+        else:
+            found = [f"{rel}/{n}" if rel else n for n in self.list(rel) if TEMP_MARK in n]
+        for path in found:
+            self.remove(path)
         return found
 
     @_guarded

@@ -174,8 +174,13 @@ def test_disk_full_mid_run_then_space_again(small_disk, tmp_path, tiny_weights):
     assert len(read_rows(out)) < 10                              # it stopped part-way
 
     filler.unlink()
+    strays = [out / "masks" / "ab" / "x.png.tmp-0badf00d", out / "_shards" / "s.done.json.tmp-0badf00d"]
+    for stray in strays:        # what a write killed half-way leaves (a full disk's are removed at once)
+        stray.parent.mkdir(parents=True, exist_ok=True)
+        stray.write_bytes(b"")
     code, _, err = cli(*args)
     assert code == 0, err
+    assert "removed 2 temporary file(s)" in err
     assert [r["id"] for r in read_rows(out)] == sorted(f"i{k}" for k in range(10))
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name], "temp files left behind"
     code, _, _ = cli("status", out)
