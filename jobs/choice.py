@@ -8,8 +8,8 @@ from humanseg_batch.pipeline.decode import DecodeError, estimate_frames
 from humanseg_batch.pipeline.manifest import Manifest
 
 # Up to this many planned frames the in-process executor finishes first on a 2-core machine: vtest.avi
-# (795 frames) took 26 s with an embedded Ray (6-9 s of Ray start-up, a worker per task) and 9-11 s
-# in-process, where decoding overlaps the model in a thread just as a Ray decode task would. Past it,
+# (795 frames) took 26 s with an embedded Ray (6-9 s of Ray start-up, a worker per task) and 9.5-14.5 s
+# in-process (busy machine), where decoding overlaps the model in a thread as a Ray decode task would. Past it,
 # Ray's start-up pays back on machines with more cores, and Ray retries units whose worker died.
 SMALL_JOB_FRAMES = 1500
 

@@ -15,7 +15,8 @@ from .runner import Prepared, progress_bar
 class ThreadedInference:
     """`Inference` with the model in a second thread: a unit decodes and writes its next batch while the
     model works on this one (torch releases the GIL), as a Ray decode task and a model actor overlap.
-    Measured on vtest.avi, 2 cores: 9-11 s in-process this way, the model in the decoding thread 14.9 s."""
+    vtest.avi whole process on this busy 2-core machine: 9.5-14.5 s (6 runs), the model in the decoding
+    thread 11.3-12.7 s (2 runs) before the mask encoding got cheaper; the two cores now both work."""
 
     def __init__(self, segmenter: Segmenter):
         self.segmenter = segmenter
