@@ -9,8 +9,8 @@ from humanseg_batch.pipeline.manifest import Manifest
 
 # Up to this many planned frames the in-process executor finishes first on a 2-core machine: vtest.avi
 # (795 frames) took 26 s with an embedded Ray (6-9 s of Ray start-up, a worker per task) and 9.5-14.5 s
-# in-process (busy machine), where decoding overlaps the model in a thread as a Ray decode task would. Past it,
-# Ray's start-up pays back on machines with more cores, and Ray retries units whose worker died.
+# in-process (busy machine). Past it, Ray's start-up pays back on machines with more cores (decode
+# tasks side by side), and Ray retries units whose worker died.
 SMALL_JOB_FRAMES = 1500
 
 
