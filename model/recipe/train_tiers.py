@@ -58,6 +58,10 @@ def pack(args) -> None:
     """Scenes from HUMAN/train, cut-outs and backgrounds from HUMAN -> one .npz (carried to a GPU machine)."""
     human = Path(args.human)
     samples = add_material(load_folder(human / "train"), human)
+    for extra in args.extra:            # more labelled scenes, e.g. street_labels.py's
+        more = load_folder(extra)
+        for image, mask, name, group in zip(more.images, more.masks, more.names, more.groups):
+            samples.add(image, mask, name, group)
     # everyday photos are few beside the fashion shots: each COCO scene appears `--coco-repeat` times (the
     # copies share a name, hence a group, so they stay on one side of the validation split)
     coco = [i for i, n in enumerate(samples.names) if n.startswith("coco_")]
@@ -163,6 +167,7 @@ def main() -> None:
     p.add_argument("--out", default=str(PACK))
     p.add_argument("--coco-repeat", type=int, default=1, help="copies of each COCO scene in the pack")
     p.add_argument("--human", default=str(HUMAN), help="the folder fetch_human.py wrote")
+    p.add_argument("--extra", action="append", default=[], help="another folder of labelled scenes (images/, masks/)")
     p = sub.add_parser("train")
     p.add_argument("tier", choices=sorted(TIERS))
     p.add_argument("--pack", default=str(PACK))
