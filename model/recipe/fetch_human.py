@@ -114,13 +114,19 @@ def write_tsv(path: Path, rows: list[dict]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def others(path: Path) -> list[dict]:
+    """Rows this script does not make (street_labels.py's frames of a clip in this repository: source
+    `examples/...`): kept as they are when the file is rewritten, left out of the check."""
+    return [r for r in read_tsv(path) if r["source"].startswith("examples/")] if path.exists() else []
+
+
 def check_or_write(rows: list[dict], write: bool) -> None:
     for split, path in [("train", RECIPE / "DATA.tsv"), ("eval", RECIPE / "EVAL.tsv")]:
         mine = sorted((r for r in rows if r["split"] == split), key=lambda r: (r["name"], r["role"]))
         if write or not path.exists():
-            write_tsv(path, mine)
+            write_tsv(path, mine + others(path))
             continue
-        recorded = {(r["name"], r["role"]): r for r in read_tsv(path)}
+        recorded = {(r["name"], r["role"]): r for r in read_tsv(path) if not r["source"].startswith("examples/")}
         got = {(r["name"], r["role"]): r for r in mine}
         if recorded.keys() != got.keys():
             raise SystemExit(f"{path.name}: rows differ: missing {sorted(recorded.keys() - got.keys())[:5]}"

@@ -1,7 +1,7 @@
 """The shipped weights (tiers fast and quality): loadable, within the size budget, and still segmenting the bundled samples.
 
-A regression guard, not a quality claim: astronaut.png and grace_hopper.jpg were in the training pack;
-fruits.jpg is a held-out person-free photo. Held-out quality is measured by model/recipe/measure.py."""
+A regression guard, not a quality claim: none of the three samples was trained on (the street clip vtest.avi
+was, for `fast`); held-out quality is in docs/model-card.md, measured by model/recipe/train_tiers.py measure."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,9 +32,16 @@ def test_default_is_fast_on_cpu_and_quality_on_cuda():
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
 
 
-@pytest.mark.parametrize("name,low,high", [("astronaut.png", 0.3, 0.7), ("grace_hopper.jpg", 0.4, 0.8),
-                                           ("fruits.jpg", 0.0, 0.01)])
-def test_default_weights_on_the_bundled_samples(segmenter, name, low, high):
+# person share of each sample per tier: a regression guard around what the shipped models do now, not a
+# quality claim (that is docs/model-card.md, on a held-out set). Known misses are in the model card: `fast`
+# marks part of an orange in fruits.jpg, `quality` misses most of Grace Hopper's dark uniform.
+EXPECTED = {"fast": {"astronaut.png": (0.25, 0.7), "grace_hopper.jpg": (0.4, 0.8), "fruits.jpg": (0.0, 0.06)},
+            "quality": {"astronaut.png": (0.25, 0.7), "grace_hopper.jpg": (0.25, 0.8), "fruits.jpg": (0.0, 0.01)}}
+
+
+@pytest.mark.parametrize("name", ["astronaut.png", "grace_hopper.jpg", "fruits.jpg"])
+def test_default_weights_on_the_bundled_samples(segmenter, name):
+    low, high = EXPECTED[segmenter.config.name][name]
     rgb = cv2.imread(str(MEDIA / name))[..., ::-1].copy()
     result = segmenter.segment([rgb])[0]
     assert low <= result.person_fraction <= high, result.person_fraction
