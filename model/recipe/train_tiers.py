@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 from pathlib import Path
 
 import cv2
@@ -35,16 +34,11 @@ CACHE = HERE / ".cache"
 HUMAN = CACHE / "human"
 PACK = CACHE / "pack-human.npz"
 IMAGENET = CACHE / "mobilenetv2_imagenet.safetensors"
-# `fast` starts from the weights shipped as `default` on 2026-11-27 (pseudo-labelled recipe, see git
-# history): same architecture, already past the first epochs; git shows them from this commit
-FAST_START_COMMIT = "84b212b"
-FAST_START_PATH = "model/weights/default.safetensors"
-
 TIERS = {
     # the CPU tier: today's speed class (96x128 letterbox, MobileNetV2 stages 1-4, 8-16-32 expansive path)
     "fast": dict(model=UNetConfig(name="fast", encoder="mobilenetv2", base_width=8, depth=4,
                                   input_height=96, input_width=128),
-                 epochs=16, lr=1e-3, encoder_lr_scale=0.2, composites=700, batch_size=16),
+                 epochs=20, lr=2e-3, encoder_lr_scale=0.1, composites=700, batch_size=16),
     # the GPU tier: all five MobileNetV2 stages (stride 32 context), a 16..128 expansive path, a square
     # letterbox (a portrait photo loses as little as a landscape one); trained on 256x256, shipped larger
     "quality": dict(model=UNetConfig(name="quality", encoder="mobilenetv2", base_width=16, depth=5,
@@ -91,32 +85,17 @@ def shrink(image: np.ndarray, mask: np.ndarray | None, longest: int):
     return small, cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST if labels else cv2.INTER_AREA)
 
 
-def fast_start(out: Path) -> Path:
-    """The 2026-11-27 default weights, from git history, renamed to the `fast` tier's config."""
-    raw = subprocess.run(["git", "-C", str(HERE), "show", f"{FAST_START_COMMIT}:{FAST_START_PATH}"],
-                         check=True, capture_output=True).stdout
-    src = out / "start-raw.safetensors"
-    src.parent.mkdir(parents=True, exist_ok=True)
-    src.write_bytes(raw)
-    model, _ = load_checkpoint(src)
-    renamed = UNet(dataclasses.replace(model.config, name="fast"))
-    renamed.load_state_dict(model.state_dict())
-    save_checkpoint(out / "start.safetensors", renamed, extra={"from": f"{FAST_START_COMMIT}:{FAST_START_PATH}"})
-    return out / "start.safetensors"
-
-
 def train_tier(args) -> None:
     tier = TIERS[args.tier]
     out = Path(args.out or CACHE / f"run-{args.tier}")
-    init_weights = args.init or (str(fast_start(out)) if args.tier == "fast" else None)
-    if args.tier == "quality" and not args.init and not IMAGENET.exists():
+    if not args.init and not IMAGENET.exists():
         raise SystemExit(f"{IMAGENET} is missing: run .venv/bin/python model/recipe/fetch_encoder.py first")
     cfg = TrainConfig(
         data=str(args.pack), out_dir=str(out), model=tier["model"], epochs=args.epochs or tier["epochs"],
         batch_size=tier["batch_size"], lr=args.lr or tier["lr"], val_fraction=0.08, seed=args.seed, augment=AUGMENT,
         composites_per_epoch=args.composites or tier["composites"], device=args.device, precision=args.precision,
-        threads=args.threads, num_workers=args.workers, resume=args.resume, init_weights=init_weights,
-        init_encoder=str(IMAGENET) if args.tier == "quality" and not args.init else None,
+        threads=args.threads, num_workers=args.workers, resume=args.resume, init_weights=args.init,
+        init_encoder=None if args.init else str(IMAGENET),
         encoder_lr_scale=tier["encoder_lr_scale"])
     result = train(cfg)
     print(f"best epoch {result.best_epoch}: val IoU {result.best_val_iou:.4f} -> {result.best_path}")
