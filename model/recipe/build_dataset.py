@@ -120,14 +120,8 @@ def shrink(img: np.ndarray, side: int = STORE_SIDE) -> np.ndarray:
 
 def motion_mask(frame: np.ndarray, background: np.ndarray) -> np.ndarray:
     """Pixels that differ from the static background (walkers), cleaned of noise and thin shadows."""
-    diff = np.abs(frame.astype(np.int16) - background.astype(np.int16)).max(axis=2)
-    fg = (diff > 40).astype(np.uint8)
-    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-    keep = np.zeros(n, bool)
-    keep[1:] = (stats[1:, cv2.CC_STAT_HEIGHT] >= 30) & (stats[1:, cv2.CC_STAT_AREA] >= 300)
-    return keep[labels]
+    from street_labels import street_label        # the same rule labels the street clip for train_tiers.py
+    return street_label(frame, background) == 255
 
 
 def cutouts_from(rgb: np.ndarray, alpha: np.ndarray, min_height: int = 40) -> list[tuple[np.ndarray, np.ndarray]]:
