@@ -47,7 +47,9 @@ def gather(trees: dict) -> list[hs.Item]:
     items: dict[str, hs.Item] = {}
     streams = [hs.ccp_items(trees["ccp"]), hs.coco128_items(trees["coco128"])]
     for path, folder in [("data/labels/train.json", "data/images"),
-                         ("data/labels/val.json", "data/images")]:  # both list train2017 files
+                         ("data/labels/val.json", "data/images")]:
+        # minicoco's own train/val split of its 40 images; all of them are COCO train2017 images
+        # (hs.require_train2017 refuses any other)
         streams.append(hs.coco_json_items(trees["minicoco"], path, folder))
     for stream in streams:
         for item in stream:

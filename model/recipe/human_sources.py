@@ -2,7 +2,8 @@
 
 Every reader yields `Item`s whose `load()` returns the image file exactly as fetched and a
 mask with 0 = background, 255 = person, 128 = unknown (the loss and the eval ignore it).
-Only COCO *train2017* images are read: val2017 is a benchmark split and never used here.
+Only COCO *train2017* images are read: every COCO image's `coco_url` must name train2017
+(`require_train2017`), so a val2017 image (an evaluation split) is refused, never used.
 """
 
 from __future__ import annotations
@@ -34,6 +35,13 @@ CCP_LICENCE = ("repository Apache-2.0 (bearpaw/clothing-co-parsing); the photos'
 COCO_LICENCES = {1: "CC BY-NC-SA 2.0", 2: "CC BY-NC 2.0", 3: "CC BY-NC-ND 2.0", 4: "CC BY 2.0",
                  5: "CC BY-SA 2.0", 6: "CC BY-ND 2.0", 7: "No known copyright restrictions (Flickr Commons)",
                  8: "United States Government Work"}
+
+
+def require_train2017(image: dict) -> None:
+    """Refuse any COCO image that is not from train2017 (val/test splits are evaluation data)."""
+    if "/train2017/" not in image.get("coco_url", ""):
+        raise SystemExit(f"refusing COCO image {image.get('file_name')!r}: not from train2017 "
+                         f"({image.get('coco_url')!r})")
 
 
 def coco_licence(licence_id: int | None) -> str:
@@ -120,7 +128,7 @@ def coco128_items(tree: GitTree) -> Iterator[Item]:
     with_masks = set()
     for ann in sorted(pan["annotations"], key=lambda a: a["file_name"]):
         im = images[ann["image_id"]]
-        assert "/train2017/" in im["coco_url"], im
+        require_train2017(im)
         stem = PurePosixPath(im["file_name"]).stem
         with_masks.add(stem)
         segments = [s for s in ann["segments_info"] if s["category_id"] == 1]  # 1 = person
@@ -173,7 +181,7 @@ def coco_json_items(tree: GitTree, json_path: str, image_dir: str) -> Iterator[I
         if ann["category_id"] in person_ids:
             by_image.setdefault(ann["image_id"], []).append(ann)
     for im in sorted(coco["images"], key=lambda im: im["file_name"]):
-        assert "/train2017/" in im["coco_url"], im
+        require_train2017(im)
         anns = by_image.get(im["id"], [])
         photo = f"{image_dir}/{im['file_name']}"
         yield Item(f"coco_{PurePosixPath(photo).stem}", "coco", bool(anns), tree.source(photo),
