@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
-# letterbox_into: model/recipe/video_flicker.py imports it from here
-from .preprocess import Normalise, autocast, letterbox_batch, letterbox_into  # noqa: F401
+from .preprocess import Normalise, autocast, letterbox_batch
 from .unet import UNet
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

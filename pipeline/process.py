@@ -210,7 +210,6 @@ class _Batches:
         self.stats["write_s"] += time.perf_counter() - t1
         self.stats["frames"] += len(records)
 
-
     def _emit(self, record: tuple, prob: np.ndarray) -> None:
         """A frame's mask from its probabilities: written, and its row made."""
         item, index, shape, size = record

@@ -65,24 +65,22 @@ def pack(args) -> None:
     # training never sees more than ~2x the model input: smaller files, faster decoding and augmentation
     samples.images, samples.masks = zip(*(shrink(i, m, 640) for i, m in zip(samples.images, samples.masks)))
     samples.images, samples.masks = list(samples.images), list(samples.masks)
-    samples.cutouts = [shrink(rgb, alpha, 400) for rgb, alpha in samples.cutouts]
+    samples.cutouts = [shrink(rgb, alpha, 400, cv2.INTER_AREA) for rgb, alpha in samples.cutouts]
     samples.backgrounds = [shrink(b, None, 640)[0] for b in samples.backgrounds]
     save_pack(args.out, samples)
     print(f"{args.out}: {len(samples)} scenes, {len(samples.cutouts)} cut-outs, {len(samples.backgrounds)} backgrounds")
 
 
-def shrink(image: np.ndarray, mask: np.ndarray | None, longest: int):
-    """Scale an image (and its label or alpha, nearest-neighbour for labels) so its long side is <= longest."""
+def shrink(image: np.ndarray, mask: np.ndarray | None, longest: int, mask_interp: int = cv2.INTER_NEAREST):
+    """Scale an image and its mask so the long side is <= longest: a label map nearest-neighbour (the
+    default: labels stay 0/1/unknown), a cut-out's alpha with `mask_interp=cv2.INTER_AREA`."""
     h, w = image.shape[:2]
     s = longest / max(h, w)
     if s >= 1:
         return image, mask
     size = (max(1, round(w * s)), max(1, round(h * s)))
     small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    if mask is None:
-        return small, None
-    labels = mask.max(initial=0) <= 2       # 0/1/unknown labels stay labels; an alpha is resampled smoothly
-    return small, cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST if labels else cv2.INTER_AREA)
+    return small, None if mask is None else cv2.resize(mask, size, interpolation=mask_interp)
 
 
 def train_tier(args) -> None:
