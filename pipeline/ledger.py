@@ -137,6 +137,18 @@ class Ledger:
         """Failed shard -> its failure record (never a committed one)."""
         return self._markers[1]
 
+    def committed_names(self) -> set[str]:
+        """Names of the committed shards, from listings only (no marker is read): what planning needs."""
+        if "_markers" in self.__dict__:
+            return set(self.done)
+        parsed = (_parse_marker_name(n) for n in self.storage.list(SHARDS_DIR))
+        return {p[0] for p in parsed if p and p[1] == DONE}
+
+    def failed_names(self) -> set[str]:
+        """Names of the shards with a failure record and no commit, from listings only."""
+        parsed = [_parse_marker_name(n) for n in self.storage.list(SHARDS_DIR)]
+        return {p[0] for p in parsed if p and p[1] == FAILED} - self.committed_names()
+
     @property
     def done_ids(self) -> set[str]:
         return {i for marker in self.done.values() for i in marker.get("ids", ())}
