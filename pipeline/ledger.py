@@ -56,10 +56,8 @@ def read_run_record(storage: Storage) -> dict | None:
     return json.loads(storage.read_bytes(RUN_RECORD))
 
 
-def check_or_write_run_record(storage: Storage, record: dict, compat_keys: list[str],
-                              absent: dict | None = None) -> dict | None:
-    """Write the run record, or check that an existing one has the same result-changing settings
-    (`absent`: the value a setting had in records written before it existed)."""
+def check_run_record(storage: Storage, record: dict, compat_keys: list[str], absent: dict | None = None) -> dict | None:
+    """The existing run record, after checking it has the same result-changing settings as `record`."""
     old = read_run_record(storage)
     if old is not None:
         was = {k: old.get("config", {}).get(k, (absent or {}).get(k)) for k in compat_keys}
@@ -69,6 +67,15 @@ def check_or_write_run_record(storage: Storage, record: dict, compat_keys: list[
             raise RunMismatchError(
                 f"{storage.root} already holds a run with different settings ({'; '.join(diffs)}). "
                 "Use another --output, or pass --overwrite to delete its results and start over.")
+    return old
+
+
+def check_or_write_run_record(storage: Storage, record: dict, compat_keys: list[str],
+                              absent: dict | None = None) -> dict | None:
+    """Write the run record, or check that an existing one has the same result-changing settings
+    (`absent`: the value a setting had in records written before it existed)."""
+    old = check_run_record(storage, record, compat_keys, absent)
+    if old is not None:
         record = dict(record, created=old.get("created", record.get("created")), runs=old.get("runs", 0) + 1)
     storage.write_bytes(RUN_RECORD, json.dumps(record, indent=2, sort_keys=True).encode())
     return old
