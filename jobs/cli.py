@@ -100,10 +100,10 @@ def _execute(cfg: RunConfig, overwrite: bool, observers, redo_errors: bool, leas
     except (ManifestError, CheckpointError, RunMismatchError, ValueError) as exc:
         console.log(f"error: {exc}", level="error")
         return EXIT_USAGE
-    log(f"{prep.summary.items} item(s) in {len(prep.shards)} shard(s) to process; "
+    log(f"{prep.summary.items} item(s) in {prep.shard_count} shard(s) to process; "
         f"{prep.summary.shards_skipped} shard(s) already committed")
     prep.observers.extend(observers)
-    if prep.shards:
+    if prep.shard_count:
         if prep.executor == "local":
             from .local import execute_local
             execute_local(prep)

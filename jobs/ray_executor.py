@@ -182,7 +182,8 @@ class Scheduler:
     def __init__(self, prep: Prepared, actors: list, cap: int, log=print):
         self.prep, self.actors, self.cap, self.log = prep, actors, cap, log
         self.ctx_ref = ray.put(prep.context)
-        self.shards = list(prep.shards)
+        self.shards = prep.shards          # a stream read from the manifest as shards are started
+        self.next_shard = next(self.shards, None)
         self.todo: list[tuple[ShardProgress, object]] = []       # units ready to submit
         self.running: dict = {}                                   # ref -> (kind, progress, unit)
         self.retries = prep.config.task_retries
@@ -193,7 +194,7 @@ class Scheduler:
 
     def _submit_next(self) -> None:
         # once the output storage failed as a whole, nothing new starts (ledger.broken)
-        while len(self.running) < self.cap and (self.todo or self.shards) and not self.prep.ledger.broken:
+        while len(self.running) < self.cap and (self.todo or self.next_shard) and not self.prep.ledger.broken:
             if self.todo:
                 prog, unit = self.todo.pop(0)
                 if prog.assembly.failed:
@@ -202,7 +203,8 @@ class Scheduler:
                 ref = unit_task.options(max_retries=self.retries).remote(unit, self.ctx_ref, self.actors, seed)
                 self.running[ref] = ("unit", prog, unit)
             else:
-                prog = ShardProgress(self.prep.assemble(self.shards.pop(0)))
+                prog = ShardProgress(self.prep.assemble(self.next_shard))
+                self.next_shard = next(self.shards, None)
                 ref = expand_task.options(max_retries=self.retries).remote(prog.shard, self.ctx_ref)
                 self.running[ref] = ("expand", prog, None)
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Iterator
 from importlib.metadata import PackageNotFoundError, version
 
 from humanseg_batch.model import load_checkpoint
 from humanseg_batch.pipeline.faults import pause_point
-from humanseg_batch.pipeline.ledger import (Ledger, ShardAssembly, check_or_write_run_record, read_run_record,
-                                            wipe_output)
-from humanseg_batch.pipeline.manifest import Manifest, read_manifest
+from humanseg_batch.pipeline.ledger import (Ledger, ShardAssembly, check_or_write_run_record, check_run_record,
+                                            read_run_record, wipe_output)
+from humanseg_batch.pipeline.manifest import ManifestReader
 from humanseg_batch.pipeline.plan import Sampling, Shard
+from humanseg_batch.pipeline.planner import Plan, plan_manifest, read_plan_state, write_plan_state
 from humanseg_batch.pipeline.process import ModelInfo, UnitContext
 from humanseg_batch.pipeline.storage import Storage
 from humanseg_batch.pipeline.write import conform_extras, extras_columns
@@ -46,7 +48,8 @@ class RunSummary:
     rows_error: int = 0
     frames: int = 0
     removed_from_manifest: int = 0
-    duplicates: list[str] = field(default_factory=list)
+    duplicates: int = 0                   # manifest rows dropped because their id came earlier
+    duplicate_ids: list[str] = field(default_factory=list)     # a few of them
     seconds: float = 0.0
     first_result_s: float | None = None   # from the start of the run to the first unit written
     storage_error: str | None = None      # the output storage failed as a whole: the run stopped early
@@ -80,9 +83,10 @@ class Prepared:
     """What both executors need: the shards still to do, how to process them, and the ledger to commit them."""
     config: RunConfig
     storage: Storage
-    manifest: Manifest
+    plan: Plan
     ledger: Ledger
-    shards: list[Shard]
+    shards: Iterator[Shard]            # read from the manifest as the executor asks: never all in memory
+    shard_count: int
     context: UnitContext
     model_path: str | None
     summary: RunSummary
@@ -112,25 +116,31 @@ def model_info(cfg: RunConfig) -> tuple[ModelInfo, str]:
                      threshold=threshold, batch_size=cfg.batch_size), info["path"]
 
 
-def run_record(cfg: RunConfig, model: ModelInfo, manifest: Manifest) -> dict:
+def run_record(cfg: RunConfig, model: ModelInfo, fingerprint: str | None) -> dict:
     settings = cfg.to_dict()
     settings.update(weights_sha256=model.weights_sha256, threshold=model.threshold,
                     input_height=model.input_height, input_width=model.input_width, model=model.name)
-    return {"config": settings, "manifest_fingerprint": manifest.fingerprint, "package_version": package_version(),
+    return {"config": settings, "manifest_fingerprint": fingerprint, "package_version": package_version(),
             "created": time.time(), "runs": 1}
 
 
-def fix_manifest_columns(storage: Storage, manifest: Manifest, log=print) -> list[dict]:
-    """Conform the manifest's extra columns to those of the first run into OUT (kept in its run record), so
-    every Parquet file of OUT has one schema; say which new columns are left out."""
-    old = read_run_record(storage)
+def fix_manifest_columns(old_record: dict | None, reader: ManifestReader, output: str, log=print) -> list[dict]:
+    """The manifest's extra columns as the first run into OUT had them (kept in its run record), so every
+    Parquet file of OUT has one schema; say which new columns are left out."""
+    extras = reader.schema.empty_table().select(reader.extra_names)
     # records older than this rule have no list: the current manifest's columns, as before
-    fixed = old["manifest_columns"] if old and "manifest_columns" in old else extras_columns(manifest.extras)
-    manifest.extras, new = conform_extras(manifest.extras, fixed)
+    fixed = old_record["manifest_columns"] if old_record and "manifest_columns" in old_record else extras_columns(extras)
+    _, new = conform_extras(extras, fixed)
     if new:
-        log(f"manifest column(s) {', '.join(new)} are new since the first run into {storage.root}: left out of "
+        log(f"manifest column(s) {', '.join(new)} are new since the first run into {output}: left out of "
             "the rows (every Parquet file of an output keeps one schema); use a new --output to include them")
     return fixed
+
+
+def plan_output(reader: ManifestReader, ledger: Ledger, shard_size: int) -> Plan:
+    """The manifest's shards for this output (pipeline/planner.py), with the ledger's committed ones."""
+    return plan_manifest(reader, shard_size, read_plan_state(ledger.storage), ledger.committed_names(),
+                         lambda: ledger.done_ids)
 
 
 def tidy_output(ledger: Ledger, log=print) -> None:
@@ -152,33 +162,41 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
             lease=None, redo_errors: bool = False) -> Prepared:
     """Everything before the first unit; `lease` (pipeline/lease.py) guards every write to OUT."""
     storage = Storage(cfg.output, cfg.endpoint_url, writer_check=lease.check if lease else None)
-    manifest = read_manifest(cfg.manifest, cfg.endpoint_url)
-    executor, why = choose_executor(cfg.executor, cfg.address, manifest, cfg.endpoint_url)
-    log(f"executor: {executor} ({why})")
+    reader = ManifestReader(cfg.manifest, cfg.endpoint_url)
     model, model_path = model_info(cfg)
-    log(f"model: {model.name}  weights: {model_path} (sha256 {model.weights_sha256[:16]})")
     if overwrite:
         wipe_output(storage)
-    record = dict(run_record(cfg, model, manifest), manifest_columns=fix_manifest_columns(storage, manifest, log))
-    check_or_write_run_record(storage, record, list(RunConfig.COMPAT), RunConfig.COMPAT_ABSENT)
-    ledger = Ledger(storage, manifest)
+    old_record = check_run_record(storage, run_record(cfg, model, None), list(RunConfig.COMPAT),
+                                  RunConfig.COMPAT_ABSENT)
+    ledger = Ledger(storage)
     if redo_errors:
         log(f"re-processing {len(ledger.uncommit_errors())} shard(s) with error rows")
     tidy_output(ledger, log)
-    shards = ledger.plan(cfg.shard_size)
-    if ledger.clear_stale_failures(shards):
+    plan = plan_output(reader, ledger, cfg.shard_size)
+    fixed = fix_manifest_columns(old_record, reader, storage.root, log)
+    check_or_write_run_record(storage, dict(run_record(cfg, model, reader.fingerprint), manifest_columns=fixed),
+                              list(RunConfig.COMPAT), RunConfig.COMPAT_ABSENT)
+    write_plan_state(storage, plan)
+    committed = ledger.committed_names()
+    pending = plan.pending(committed)
+    if ledger.clear_stale_failures(set(plan.names)):
         log("cleared failure records of shards that are no longer in the plan (the manifest changed)")
+    if plan.mode == "ids":
+        log(f"planned by item ids: {storage.root} was written by an older version, or the manifest changed before "
+            "its last planned row; this holds every committed id in memory")
     pause_point("planned")
-    done_ids = ledger.done_ids
-    manifest_ids = set(manifest.items.column("id").to_pylist())
-    summary = RunSummary(shards_total=len(shards) + len(ledger.done), shards_skipped=len(ledger.done),
-                         items=sum(len(s.items) for s in shards), duplicates=manifest.duplicates,
-                         removed_from_manifest=len(done_ids - manifest_ids))
+    summary = RunSummary(shards_total=int(pending.sum()) + len(committed), shards_skipped=len(committed),
+                         items=int(plan.count[pending].sum()), duplicates=len(plan.duplicates),
+                         duplicate_ids=plan.duplicate_ids, removed_from_manifest=plan.removed)
+    executor, why = choose_executor(cfg.executor, cfg.address, plan, pending, cfg.endpoint_url)
+    log(f"executor: {executor} ({why})")
+    log(f"model: {model.name}  weights: {model_path} (sha256 {model.weights_sha256[:16]})")
     ctx = UnitContext(output=storage, model=model, endpoint_url=cfg.endpoint_url, max_pixels=cfg.max_image_pixels,
                       sampling=Sampling(cfg.sample_every, cfg.sample_fps), chunk_seconds=cfg.video_chunk_seconds,
                       images_per_unit=cfg.images_per_unit, rle=cfg.rle, temporal_smoothing=cfg.temporal_smoothing)
-    return Prepared(cfg, storage, manifest, ledger, shards, ctx, model_path, summary, started=started or time.time(),
-                    executor=executor)
+    shards = plan.shards(pending, lambda extras: conform_extras(extras, fixed)[0])
+    return Prepared(cfg, storage, plan, ledger, shards, int(pending.sum()), ctx, model_path, summary,
+                    started=started or time.time(), executor=executor)
 
 
 def print_summary(summary: RunSummary, output: str, log=print) -> None:
@@ -187,7 +205,8 @@ def print_summary(summary: RunSummary, output: str, log=print) -> None:
     log(f"done in {s.seconds:.1f}s{first}: {s.shards_committed} shard(s) committed, {s.shards_skipped} already done, "
         f"{len(s.shards_failed)} failed; rows ok {s.rows_ok}, errors {s.rows_error}; video frames {s.frames}")
     if s.duplicates:
-        log(f"manifest has {len(s.duplicates)} duplicate id(s), each processed once (e.g. {s.duplicates[0]!r})")
+        log(f"manifest has {s.duplicates} row(s) with an id seen earlier, each id processed once "
+            f"(e.g. {s.duplicate_ids[0]!r})")
     if s.removed_from_manifest:
         log(f"{s.removed_from_manifest} committed item(s) are no longer in the manifest; their rows are kept")
     if s.storage_error:

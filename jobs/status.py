@@ -6,11 +6,11 @@ import collections
 import pyarrow.dataset as ds
 
 from humanseg_batch.pipeline.ledger import Ledger, read_run_record
-from humanseg_batch.pipeline.manifest import ManifestError, read_manifest
+from humanseg_batch.pipeline.manifest import ManifestError, ManifestReader
 from humanseg_batch.pipeline.storage import Storage
 from humanseg_batch.pipeline.write import shard_parquet_path
 
-from .runner import exit_code
+from .runner import exit_code, plan_output
 
 
 def common_errors(storage: Storage, shards: list[str], top: int = 5) -> list[tuple[str, int]]:
@@ -31,19 +31,18 @@ def summarise(output: str, endpoint_url: str | None = None) -> dict:
     if record is None:
         raise FileNotFoundError(f"{output} holds no humanseg-batch run (no _run.json)")
     cfg = record["config"]
-    manifest, manifest_problem = None, None
-    try:
-        manifest = read_manifest(cfg["manifest"], endpoint_url or cfg.get("endpoint_url"))
+    ledger = Ledger(storage)
+    damaged = ledger.damaged()
+    failed, pending, manifest_problem = ledger.failed, None, None
+    try:    # as `retry` will see it: failure records that no longer match the plan are void
+        plan = plan_output(ManifestReader(cfg["manifest"], endpoint_url or cfg.get("endpoint_url")), ledger,
+                           cfg["shard_size"])
+        stale = set(ledger.stale_failures(set(plan.names)))
+        failed = {n: f for n, f in failed.items() if n not in stale}
+        todo = plan.pending(ledger.committed_names() | set(failed))
+        pending = int(todo.sum())
     except (ManifestError, OSError) as exc:
         manifest_problem = str(exc)
-    ledger = Ledger(storage, manifest)
-    damaged = ledger.damaged()
-    failed, pending = ledger.failed, None
-    if manifest is not None:    # as `retry` will see it: failure records that no longer match the plan are void
-        plan = ledger.plan(cfg["shard_size"])
-        stale = set(ledger.stale_failures(plan))
-        failed = {n: f for n, f in failed.items() if n not in stale}
-        pending = len([s for s in plan if s.name not in failed])
     markers = [m for s, m in ledger.done.items() if s not in damaged]
     summary = {
         "output": output, "manifest": cfg["manifest"], "model": cfg.get("model"),

@@ -23,8 +23,7 @@ from typing import Callable
 import pyarrow.parquet as pq
 
 from .faults import pause_point
-from .manifest import Manifest
-from .plan import Shard, plan_shards
+from .plan import Shard
 from .storage import OutputStorageError, Storage
 from .write import MASKS_DIR, METADATA_DIR, parquet_bytes, rows_table, shard_parquet_path, with_extras
 
@@ -114,9 +113,8 @@ def _commit_problem(storage: Storage, shard: str, marker: dict, sizes: dict[str,
 class Ledger:
     """What OUT holds shard by shard (committed, failed), and every change to it."""
 
-    def __init__(self, storage: Storage, manifest: Manifest | None = None):
+    def __init__(self, storage: Storage):
         self.storage = storage
-        self.manifest = manifest                # its extra columns join the rows at commit
         self.committed_now: list[dict] = []     # markers written by this process (the run summary)
         self.failed_now: dict[str, str] = {}    # shard -> reason, by this process
         self.broken: str | None = None          # why the output storage as a whole failed, if it did
@@ -160,21 +158,13 @@ class Ledger:
     def done_ids(self) -> set[str]:
         return {i for marker in self.done.values() for i in marker.get("ids", ())}
 
-    def plan(self, shard_size: int) -> list[Shard]:
-        """The shards still to do: the manifest's items not yet committed, regrouped as first planned."""
-        return plan_shards(self.manifest, shard_size, self.done_ids)
+    def stale_failures(self, planned: set[str]) -> list[str]:
+        """Failure records of shards that are not in the plan any more (items left the manifest, or
+        regrouped): a shard's name holds a digest of its ids, so a changed shard has another name."""
+        return sorted(n for n in self.failed if n not in planned)
 
-    def pending(self, shard_size: int) -> int:
-        """Shards neither committed nor failed."""
-        return len([s for s in self.plan(shard_size) if s.name not in self.failed])
-
-    def stale_failures(self, shards: list[Shard]) -> list[str]:
-        """Failure records that no longer match the plan (items left the manifest, or regrouped)."""
-        planned = {s.name: [i.id for i in s.items] for s in shards}
-        return sorted(n for n, rec in self.failed.items() if planned.get(n) != rec.get("ids", planned.get(n)))
-
-    def clear_stale_failures(self, shards: list[Shard]) -> list[str]:
-        stale = self.stale_failures(shards)
+    def clear_stale_failures(self, planned: set[str]) -> list[str]:
+        stale = self.stale_failures(planned)
         for shard in stale:
             self.storage.remove(_marker_path(shard, FAILED))
             del self.failed[shard]
@@ -226,8 +216,9 @@ class Ledger:
         ok = sum(r["status"] == "ok" for r in rows)
         video_frames = sum(r["frame_index"] is not None for r in rows)
         table = rows_table(rows)
-        if self.manifest is not None:
-            table = with_extras(table, self.manifest.extras_at(table.column("manifest_row").to_pylist()))
+        if shard.extras is not None:    # the manifest's other columns, joined by manifest row
+            at = {item.position: k for k, item in enumerate(shard.items)}
+            table = with_extras(table, shard.extras.take([at[p] for p in table.column("manifest_row").to_pylist()]))
         data = parquet_bytes(table)
         self.storage.write_bytes(shard_parquet_path(shard.name), data)
         pause_point("commit")

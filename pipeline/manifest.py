@@ -1,8 +1,13 @@
-"""Read a manifest (CSV, Parquet or JSON Lines) into validated work items.
+"""Read a manifest (CSV, Parquet or JSON Lines) as a stream of record batches, and rows as work items.
 
 Required column: `uri`. Optional: `id` (stable key, else the uri), `media_type`
 (`image`/`video`, else guessed from the extension, then from the content). Every other
 column is carried into the output rows.
+
+A manifest is never held whole: 100 M rows are ~5 GB of CSV. `ManifestReader.batches()` streams
+(CSV and JSON Lines in blocks, Parquet by row group) and hashes the bytes as they pass; planning
+(pipeline/planner.py) keeps per-shard integers only, and a run reads the manifest again to build
+the items of the shards it executes.
 """
 from __future__ import annotations
 
@@ -11,41 +16,30 @@ import hashlib
 import io
 import os
 import re
-from dataclasses import dataclass, field
+from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from .storage import read_uri
+from .plan import Item
+from .storage import open_uri
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pbm", ".gif"}
 VIDEO_EXTS = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".flv", ".wmv", ".3gp"}
 RESERVED = {"uri", "id", "media_type"}
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# bytes per CSV/JSON block, rows per Parquet batch: ~300,000 rows of a typical manifest per batch, so
+# that per-batch costs (a DuckDB call, a numpy sort) vanish and the batch stays a few tens of MiB
+BLOCK_BYTES = 16 << 20
+PARQUET_ROWS = 262_144
 
 
 class ManifestError(ValueError):
     """The manifest as a whole cannot be used (the message says why and how to fix it)."""
-
-
-@dataclass
-class Manifest:
-    items: pa.Table                      # columns: position, uri, id, media_type, error
-    extras: pa.Table                     # the manifest's other columns, aligned with items
-    fingerprint: str                     # sha256 of the manifest bytes
-    duplicates: list[str] = field(default_factory=list)   # ids seen more than once (kept once)
-    _rows: dict[int, int] | None = field(default=None, repr=False, compare=False)   # position -> row
-
-    def __len__(self) -> int:
-        return self.items.num_rows
-
-    def extras_at(self, positions: list[int]) -> pa.Table:
-        """The extra columns of the items at these manifest positions, one row per position."""
-        if self._rows is None:
-            self._rows = {p: k for k, p in enumerate(self.items.column("position").to_pylist())}
-        return self.extras.take(pa.array([self._rows[p] for p in positions], pa.int64()))
 
 
 def guess_media_type(uri: str) -> str:
@@ -58,24 +52,6 @@ def guess_media_type(uri: str) -> str:
     if ext in VIDEO_EXTS:
         return "video"
     return "auto"
-
-
-def _parse(data: bytes, uri: str) -> pa.Table:
-    lower = uri.lower()
-    try:
-        if lower.endswith((".parquet", ".pq")):
-            return pq.read_table(io.BytesIO(data))
-        if lower.endswith((".jsonl", ".ndjson", ".json")):
-            return pajson.read_json(io.BytesIO(data))
-        # every CSV column is text: types must not change when an incremental manifest grows
-        first_line = data.split(b"\n", 1)[0].decode("utf-8-sig", "replace")
-        types = {name: pa.string() for name in next(csv.reader([first_line]), [])}
-        return pacsv.read_csv(io.BytesIO(data), convert_options=pacsv.ConvertOptions(
-            column_types=types, strings_can_be_null=False, quoted_strings_can_be_null=False))
-    except pa.ArrowInvalid as exc:
-        if not data.strip():
-            raise ManifestError(f"manifest {uri} is empty: it needs a header row with a 'uri' column") from None
-        raise ManifestError(f"cannot parse manifest {uri}: {exc}") from None
 
 
 def manifest_base(uri: str) -> str:
@@ -111,50 +87,139 @@ def uri_problem(u: str) -> str:
     return ""
 
 
-def _text_column(table: pa.Table, name: str) -> list[str]:
-    if name not in table.column_names:
-        return [""] * table.num_rows
-    return ["" if v is None else str(v).strip() for v in table.column(name).to_pylist()]
+class _Hashing(io.RawIOBase):
+    """A read-only stream that feeds every byte it passes on to a sha256 (the manifest's fingerprint)."""
+
+    def __init__(self, raw):
+        self.raw, self.sha = raw, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        self.sha.update(data)
+        return len(data)
 
 
-def read_manifest(uri: str, endpoint_url: str | None = None) -> Manifest:
-    """Read and validate a manifest; whole-file problems raise ManifestError, row problems become item errors."""
-    try:
-        data = read_uri(uri, endpoint_url)
-    except FileNotFoundError:
-        raise ManifestError(f"manifest not found: {uri}") from None
-    if not data.strip():
-        raise ManifestError(f"manifest {uri} is empty: it needs a header row with a 'uri' column")
-    table = _parse(data, uri)
-    if "uri" not in table.column_names:
-        raise ManifestError(f"manifest {uri} has no 'uri' column (columns: {', '.join(table.column_names) or 'none'})")
-    if table.num_rows == 0:
-        raise ManifestError(f"manifest {uri} has a header but no rows")
-    uris = _text_column(table, "uri")
-    ids = _text_column(table, "id")
-    types = [t.lower() for t in _text_column(table, "media_type")]
-    base = manifest_base(uri)
-    positions, out_uris, out_ids, out_types, errors, keep = [], [], [], [], [], []
-    seen: set[str] = set()
-    duplicates: list[str] = []
-    for pos, (u, i, t) in enumerate(zip(uris, ids, types)):
-        item_id = i or u or f"row-{pos}"
-        if item_id in seen:
-            duplicates.append(item_id)
-            continue
-        seen.add(item_id)
+def _kind(uri: str) -> str:
+    lower = uri.lower()
+    if lower.endswith((".parquet", ".pq")):
+        return "parquet"
+    return "json" if lower.endswith((".jsonl", ".ndjson", ".json")) else "csv"
+
+
+class ManifestReader:
+    """One manifest, read as many times as needed, a batch at a time; the header is checked on opening."""
+
+    def __init__(self, uri: str, endpoint_url: str | None = None):
+        self.uri, self.endpoint_url, self.kind = uri, endpoint_url, _kind(uri)
+        self.base = manifest_base(uri)
+        self.fingerprint: str | None = None     # sha256 of the bytes, once a pass has read them all
+        self.rows: int | None = None
+        self.schema: pa.Schema | None = None     # of the first batch: the extra columns' types
+        self.columns = self._header()
+        if "uri" not in self.columns:
+            raise ManifestError(f"manifest {uri} has no 'uri' column (columns: {', '.join(self.columns) or 'none'})")
+
+    @property
+    def extra_names(self) -> list[str]:
+        return [n for n in self.columns if n not in RESERVED]
+
+    def _open(self):
+        try:
+            return open_uri(self.uri, self.endpoint_url)
+        except FileNotFoundError:
+            raise ManifestError(f"manifest not found: {self.uri}") from None
+
+    def _header(self) -> list[str]:
+        with self._open() as f:
+            if self.kind == "parquet":
+                try:
+                    return pq.ParquetFile(f).schema_arrow.names
+                except pa.ArrowInvalid as exc:
+                    raise ManifestError(f"cannot parse manifest {self.uri}: {exc}") from None
+            head = f.read(1 << 16)
+        if not head.strip():
+            raise ManifestError(f"manifest {self.uri} is empty: it needs a header row with a 'uri' column")
+        if self.kind == "json":
+            return next(self.batches())[1].schema.names
+        first_line = head.split(b"\n", 1)[0].decode("utf-8-sig", "replace")
+        return next(csv.reader([first_line]), [])
+
+    def batches(self) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(position of the batch's first row, batch), in manifest order; sets `rows` and `fingerprint` at the end."""
+        start = 0
+        with self._open() as raw:
+            stream = _Hashing(raw)
+            try:
+                for batch in self._read(raw, stream):
+                    if batch.num_rows:
+                        self.schema = self.schema or batch.schema
+                        yield start, batch
+                        start += batch.num_rows
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ManifestError(f"cannot parse manifest {self.uri}: {exc}") from None
+            if self.kind == "parquet":      # read by row group, not in order: hash the bytes in one more read
+                raw.seek(0)
+                while chunk := raw.read(BLOCK_BYTES):
+                    stream.sha.update(chunk)
+            else:
+                while stream.read(BLOCK_BYTES):     # whatever the reader left unread (trailing blank lines)
+                    pass
+        if start == 0:
+            raise ManifestError(f"manifest {self.uri} has a header but no rows")
+        self.rows, self.fingerprint = start, stream.sha.hexdigest()
+
+    def _read(self, raw, stream) -> Iterator[pa.RecordBatch]:
+        if self.kind == "parquet":
+            yield from pq.ParquetFile(raw).iter_batches(batch_size=PARQUET_ROWS)
+            return
+        if self.kind == "json":
+            yield from pajson.open_json(stream, read_options=pajson.ReadOptions(block_size=BLOCK_BYTES))
+            return
+        # every CSV column is text: types must not change when an incremental manifest grows
+        types = {name: pa.string() for name in self.columns}
+        yield from pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
+                                  convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=False,
+                                                                       quoted_strings_can_be_null=False))
+
+
+def text_column(batch: pa.RecordBatch, name: str) -> pa.Array:
+    """A column as trimmed text, '' for missing values or a missing column."""
+    if name not in batch.schema.names:
+        return pa.array([""] * batch.num_rows, pa.string())
+    col = batch.column(name)
+    if not pa.types.is_string(col.type):
+        try:
+            col = col.cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            col = pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())
+    return pc.utf8_trim_whitespace(col.fill_null(""))
+
+
+def row_keys(batch: pa.RecordBatch, start: int) -> pa.Array:
+    """Each row's item id: its `id`, else its uri, else `row-<position>`; vectorised (200 k+ rows/s)."""
+    ids, uris = text_column(batch, "id"), text_column(batch, "uri")
+    keys = pc.if_else(pc.not_equal(ids, ""), ids, uris)
+    blank = pc.equal(keys, "")
+    if pc.any(blank).as_py():
+        names = pc.binary_join_element_wise("row-", pa.array(np.arange(start, start + batch.num_rows)).cast(pa.string()), "")
+        keys = pc.if_else(blank, names, keys)
+    return keys
+
+
+def batch_items(batch: pa.RecordBatch, start: int, rows: np.ndarray, keys: pa.Array, base: str) -> list[Item]:
+    """Work items for the given rows of a batch (`keys`: row_keys of the whole batch)."""
+    take = pa.array(rows, pa.int64())
+    uris = text_column(batch, "uri").take(take).to_pylist()
+    types = pc.utf8_lower(text_column(batch, "media_type")).take(take).to_pylist()
+    items = []
+    for r, u, t, key in zip(rows.tolist(), uris, types, keys.take(take).to_pylist()):
         error = uri_problem(u)
         if t and t not in ("image", "video", "auto"):
             error = error or f"unknown media_type {t!r} (use image or video)"
-        positions.append(pos)
-        out_uris.append(resolve_uri(u, base) if u and not error else u)
-        out_ids.append(item_id)
-        out_types.append(t or (guess_media_type(u) if u else "auto"))
-        errors.append(error)
-        keep.append(pos)
-    items = pa.table({"position": pa.array(positions, pa.int64()), "uri": out_uris, "id": out_ids,
-                      "media_type": out_types, "error": errors})
-    extra_names = [n for n in table.column_names if n not in RESERVED]
-    extras = table.select(extra_names).take(pa.array(keep, pa.int64()))
-    return Manifest(items=items, extras=extras, fingerprint=hashlib.sha256(data).hexdigest(),
-                    duplicates=sorted(set(duplicates)))
+        items.append(Item(start + r, resolve_uri(u, base) if u and not error else u, key,
+                          t or (guess_media_type(u) if u else "auto"), error))
+    return items

@@ -1,4 +1,4 @@
-"""Planning: manifest items -> shards -> work units (image groups and video chunks).
+"""Work units: shards -> image groups and video chunks (which rows form a shard: pipeline/planner.py).
 
 Everything here is deterministic for the same manifest and settings, so a rerun finds
 the same shard names and the same chunk boundaries.
@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterable, Sequence
 
-from .manifest import Manifest
+import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -27,6 +26,8 @@ class Item:
 class Shard:
     name: str
     items: tuple[Item, ...]
+    # the manifest's other columns for these items, one row per item, joined to the rows at commit
+    extras: pa.Table | None = field(default=None, compare=False, hash=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -84,29 +85,14 @@ class VideoUnit:
         return (self.item,)
 
 
-def shard_name(items: Sequence[Item]) -> str:
-    """First manifest row + a hash of the ids: stable across reruns, unique across incremental runs."""
-    digest = hashlib.sha1("\n".join(i.id for i in items).encode()).hexdigest()[:10]
-    return f"shard-{items[0].position:09d}-{digest}"
+def ids_digest(ids_joined: bytes) -> int:
+    """40 bits of the sha1 of a shard's ids, "\\n"-joined: what makes its name unique across incremental runs."""
+    return int(hashlib.sha1(ids_joined).hexdigest()[:10], 16)
 
 
-def iter_items(manifest: Manifest) -> Iterable[Item]:
-    cols = [manifest.items.column(n).to_pylist() for n in ("position", "uri", "id", "media_type", "error")]
-    for pos, uri, item_id, media, err in zip(*cols):
-        yield Item(pos, uri, item_id, media, err)
-
-
-def plan_shards(manifest: Manifest, shard_size: int, done_ids: set[str] | frozenset = frozenset()) -> list[Shard]:
-    """Group the items not yet committed into shards of `shard_size`, in manifest order.
-
-    Committed shards remove whole groups, so the remaining items regroup into exactly the
-    shards an interrupted run had planned; rows added to the manifest form new shards.
-    """
-    if shard_size < 1:
-        raise ValueError("shard size must be >= 1")
-    pending = [i for i in iter_items(manifest) if i.id not in done_ids]
-    groups = [tuple(pending[k:k + shard_size]) for k in range(0, len(pending), shard_size)]
-    return [Shard(shard_name(g), g) for g in groups]
+def shard_name(first_position: int, digest: int) -> str:
+    """First manifest row + the ids' digest: stable across reruns (the one place the format is written)."""
+    return f"shard-{first_position:09d}-{digest:010x}"
 
 
 def select_frames(index: VideoIndex, sampling: Sampling) -> list[int]:

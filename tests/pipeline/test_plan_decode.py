@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from humanseg_batch.pipeline.decode import DecodeError, decode_chunk, decode_image, probe_video
-from humanseg_batch.pipeline.manifest import read_manifest
-from humanseg_batch.pipeline.plan import Sampling, plan_chunks, plan_shards, select_frames
+from humanseg_batch.pipeline.plan import Sampling, plan_chunks, select_frames
 
 from mediagen import draw_frame, frame_number, make_video
 
@@ -76,17 +75,6 @@ def test_chunk_frames_are_the_right_frames(tmp_path):
             assert np.abs(frame.astype(np.int16) - draw_frame(i, 48, 64)).mean() < 16
         small = list(decode_chunk(str(path), index, plan, fit=lambda h, w: (h // 2, w // 2)))
         assert all(f.shape == (24, 32, 3) and shape == (48, 64) for _, f, shape in small)
-
-
-def test_shards_are_deterministic_and_regroup_after_partial_commit(tmp_path):
-    (tmp_path / "m.csv").write_text("uri\n" + "".join(f"/x/{i}.png\n" for i in range(10)))
-    m = read_manifest(str(tmp_path / "m.csv"))
-    shards = plan_shards(m, 3)
-    assert [len(s.items) for s in shards] == [3, 3, 3, 1]
-    assert [s.name for s in plan_shards(m, 3)] == [s.name for s in shards]
-    done = {i.id for i in shards[1].items}
-    again = plan_shards(m, 3, done)
-    assert [s.name for s in again] == [shards[0].name, shards[2].name, shards[3].name]
 
 
 def test_decode_image_handles_grey_alpha_16bit_and_guards(tmp_path):

@@ -6,8 +6,9 @@ import pytest
 
 from humanseg_batch.model import Segmenter
 from humanseg_batch.pipeline.decode import decode_image
-from humanseg_batch.pipeline.manifest import read_manifest
-from humanseg_batch.pipeline.plan import ImageUnit, VideoUnit, plan_shards
+from humanseg_batch.pipeline.plan import ImageUnit, VideoUnit
+from humanseg_batch.pipeline.planner import plan_manifest
+from humanseg_batch.pipeline.manifest import ManifestReader
 from humanseg_batch.pipeline.process import LocalInference, ModelInfo, UnitContext, expand_shard, run_unit
 from humanseg_batch.pipeline.storage import Storage
 from humanseg_batch.pipeline.write import read_mask
@@ -27,7 +28,8 @@ def context(tmp_path, seg: Segmenter, **kw) -> UnitContext:
 
 
 def one_shard(tmp_path, rows: list[dict]):
-    (shard,) = plan_shards(read_manifest(str(write_manifest(tmp_path / "manifest.csv", rows))), shard_size=100)
+    plan = plan_manifest(ManifestReader(str(write_manifest(tmp_path / "manifest.csv", rows))), 100, None, set(), set)
+    (shard,) = plan.shards(plan.pending(set()))
     return shard
 
 
