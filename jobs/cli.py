@@ -257,7 +257,7 @@ def _register_subcommands() -> None:
     import importlib
 
     for module, names in ((".query", ["query"]), (".preview", ["preview"]), (".bench", ["bench"]),
-                          (".train_cli", ["train", "eval_"])):
+                          (".train_cli", ["train", "eval_"]), (".compact_cli", ["compact"])):
         try:
             mod = importlib.import_module(module, __package__)
         except ImportError as exc:  # a stripped-down environment (e.g. a GPU check without duckdb)

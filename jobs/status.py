@@ -8,16 +8,16 @@ import pyarrow.dataset as ds
 from humanseg_batch.pipeline.ledger import Ledger, read_run_record
 from humanseg_batch.pipeline.manifest import ManifestError, ManifestReader
 from humanseg_batch.pipeline.storage import Storage
-from humanseg_batch.pipeline.write import shard_parquet_path
 
 from .runner import exit_code, plan_output
 
 
-def common_errors(storage: Storage, shards: list[str], top: int = 5) -> list[tuple[str, int]]:
+def common_errors(ledger: Ledger, shards: list[str], top: int = 5) -> list[tuple[str, int]]:
     """Most frequent error messages in the given committed shards."""
     if not shards:
         return []
-    files = [storage.full(shard_parquet_path(s)) for s in shards]
+    storage = ledger.storage
+    files = [storage.full(f) for f in ledger.files_of(shards)]
     table = ds.dataset(files, format="parquet", filesystem=storage.fs).to_table(
         columns=["error"], filter=ds.field("status") == "error")
     counts = collections.Counter(e.split("\n", 1)[0][:200] for e in table.column("error").to_pylist() if e)
@@ -43,21 +43,21 @@ def summarise(output: str, endpoint_url: str | None = None) -> dict:
         pending = int(todo.sum())
     except (ManifestError, OSError) as exc:
         manifest_problem = str(exc)
-    markers = [m for s, m in ledger.done.items() if s not in damaged]
+    # from the part records' columns and the markers of the shards in no part: never a marker per shard of
+    # an archive (`humanseg-batch compact`)
+    counts = ledger.counts(exclude=set(damaged))
     summary = {
         "output": output, "manifest": cfg["manifest"], "model": cfg.get("model"),
         "weights_sha256": cfg.get("weights_sha256"), "runs": record.get("runs", 1),
-        "shards": {"committed": len(markers), "failed": len(failed), "pending": pending},
-        "rows": {"ok": sum(m.get("rows_ok", 0) for m in markers),
-                 "error": sum(m.get("rows_error", 0) for m in markers)},
-        "items_committed": sum(len(m.get("ids", ())) for m in markers),
-        # video frame rows; markers written before `video_frames` existed only have `frames` (images too)
-        "frames": sum(m.get("video_frames", m.get("frames", 0)) for m in markers),
+        "shards": {"committed": counts["shards"], "failed": len(failed), "pending": pending},
+        "rows": {"ok": counts["rows_ok"], "error": counts["rows_error"]},
+        "items_committed": counts["items"],
+        "frames": counts["video_frames"],
         "failed_shards": {s: f.get("reason", "").split("\n", 1)[0] for s, f in sorted(failed.items())},
         # committed, but the Parquet file is missing or not the one committed: `retry` redoes them whole
         "damaged_shards": damaged,
         "common_errors": [{"error": e, "rows": n} for e, n in
-                          common_errors(storage, [s for s in ledger.shards_with_errors() if s not in damaged])],
+                          common_errors(ledger, [s for s in ledger.shards_with_errors() if s not in damaged])],
         "manifest_problem": manifest_problem,
     }
     summary["next"] = next_step(summary)

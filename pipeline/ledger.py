@@ -4,11 +4,14 @@
     OUT/_shards/<shard>.done.json    a committed shard, written after its masks and Parquet (stats, ids, the
                                      Parquet file's name, rows, bytes, sha256: a commit can be verified)
     OUT/_shards/<shard>.failed.json  why a shard failed (removed when it commits)
+    OUT/_compacted/<part>.parquet    many committed shards merged into OUT/metadata/<part>.parquet by
+                                     `compact` (pipeline/parts.py): those shards are committed by this
+                                     record, whatever marker or shard file of theirs is still around
 
 A Parquet file without a done marker is a leftover of an interrupted run, removed before new work
 starts by the holder of OUT's lease (pipeline/lease.py: never a file another writer is committing);
-a committed shard whose Parquet file is missing or differs from its marker is "damaged". Either is
-redone whole. Executors feed a `ShardAssembly` each unit's rows; it commits when the last is in.
+a committed shard whose Parquet file (or part) is missing or differs from its marker (or record) is
+"damaged". Either is redone whole. Executors feed a `ShardAssembly` each unit's rows; it commits when the last is in.
 """
 from __future__ import annotations
 
@@ -20,9 +23,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .faults import pause_point
+from .parts import COMPACTED_DIR, PartRecord, part_path, read_records, record_names, record_path, rewrite_without
 from .plan import Shard
 from .storage import OutputStorageError, Storage
 from .write import MASKS_DIR, METADATA_DIR, parquet_bytes, rows_table, shard_parquet_path, with_extras
@@ -82,16 +88,15 @@ def check_or_write_run_record(storage: Storage, record: dict, compat_keys: list[
 
 def wipe_output(storage: Storage) -> None:
     """--overwrite: delete this tool's files under OUT (nothing else)."""
-    for rel in (MASKS_DIR, METADATA_DIR, SHARDS_DIR):
+    for rel in (MASKS_DIR, METADATA_DIR, SHARDS_DIR, COMPACTED_DIR):
         if storage.exists(rel):
             storage.fs.rm(storage.full(rel), recursive=True)
     storage.remove(RUN_RECORD)
 
 
-def _commit_problem(storage: Storage, shard: str, marker: dict, sizes: dict[str, int], footers: bool) -> str | None:
-    """Why a committed shard's Parquet file is not the one its marker recorded, or None."""
-    rel = shard_parquet_path(shard)
-    size, want = sizes.get(rel.rsplit("/", 1)[-1]), marker.get("parquet", {})
+def _commit_problem(storage: Storage, rel: str, want: dict, sizes: dict[str, int], footers: bool) -> str | None:
+    """Why a committed Parquet file (a shard's or a part's) is not the one recorded (`want`: bytes, rows), or None."""
+    size = sizes.get(rel.rsplit("/", 1)[-1])
     if size is None:
         return f"{rel} is missing"
     if "bytes" in want and size != want["bytes"]:   # markers older than verified commits have no size
@@ -105,9 +110,14 @@ def _commit_problem(storage: Storage, shard: str, marker: dict, sizes: dict[str,
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable footer means the same: redo the shard
         return f"{rel} is unreadable ({type(exc).__name__})"
-    if rows != marker.get("rows", rows):
-        return f"{rel} has {rows} rows, {marker['rows']} were committed"
+    if rows != want.get("rows", rows):
+        return f"{rel} has {rows} rows, {want['rows']} were committed"
     return None
+
+
+def _wanted(marker: dict) -> dict:
+    """What a shard's marker says its Parquet file holds."""
+    return dict(marker.get("parquet", {}), **({"rows": marker["rows"]} if "rows" in marker else {}))
 
 
 class Ledger:
@@ -119,40 +129,61 @@ class Ledger:
         self.failed_now: dict[str, str] = {}    # shard -> reason, by this process
         self.broken: str | None = None          # why the output storage as a whole failed, if it did
 
+    def _listed(self, kind: str = DONE) -> set[str]:
+        """Shards with a marker of this kind, from the listing of _shards/ only."""
+        parsed = (_parse_marker_name(n) for n in self.storage.list(SHARDS_DIR))
+        return {p[0] for p in parsed if p and p[1] == kind}
+
     @cached_property
-    def _markers(self) -> tuple[dict[str, dict], dict[str, dict]]:
-        names = [n for n in self.storage.list(SHARDS_DIR) if _parse_marker_name(n)]
+    def parts(self) -> dict[str, PartRecord]:
+        """Live part records without their ids (pipeline/parts.py), part -> record."""
+        return read_records(self.storage)
+
+    @cached_property
+    def compacted(self) -> dict[str, str]:
+        """Committed shard in a part -> the part."""
+        return {s: name for name, r in self.parts.items() for s in r.table.column("shard").to_pylist()}
+
+    @cached_property
+    def _own_markers(self) -> tuple[dict[str, dict], dict[str, dict]]:
+        """Markers of the committed shards in no part, and failure records of uncommitted shards."""
+        names = [n for n in self.storage.list(SHARDS_DIR)
+                 if (p := _parse_marker_name(n)) and not (p[1] == DONE and p[0] in self.compacted)]
         blobs = self.storage.read_many([f"{SHARDS_DIR}/{n}" for n in names])
         done: dict[str, dict] = {}
         failed: dict[str, dict] = {}
         for rel, blob in blobs.items():
             shard, kind = _parse_marker_name(rel.rsplit("/", 1)[-1])
             (done if kind == DONE else failed)[shard] = json.loads(blob)
-        for shard in done:
+        for shard in [*done, *self.compacted]:
             failed.pop(shard, None)
         return done, failed
 
+    @cached_property
+    def _markers(self) -> dict[str, dict]:
+        done = {s: m for r in read_records(self.storage, None).values() for s, m in r.markers().items()}
+        done.update(self._own_markers[0])
+        return done
+
     @property
     def done(self) -> dict[str, dict]:
-        """Committed shard -> its marker (stats + ids)."""
-        return self._markers[0]
+        """Committed shard -> its marker (stats + ids), from part records for compacted shards."""
+        return self._markers
 
     @property
     def failed(self) -> dict[str, dict]:
         """Failed shard -> its failure record (never a committed one)."""
-        return self._markers[1]
+        return self._own_markers[1]
 
     def committed_names(self) -> set[str]:
-        """Names of the committed shards, from listings only (no marker is read): what planning needs."""
+        """Names of the committed shards, from listings and part records only (no marker is read)."""
         if "_markers" in self.__dict__:
             return set(self.done)
-        parsed = (_parse_marker_name(n) for n in self.storage.list(SHARDS_DIR))
-        return {p[0] for p in parsed if p and p[1] == DONE}
+        return self._listed(DONE) | set(self.compacted)
 
     def failed_names(self) -> set[str]:
         """Names of the shards with a failure record and no commit, from listings only."""
-        parsed = [_parse_marker_name(n) for n in self.storage.list(SHARDS_DIR)]
-        return {p[0] for p in parsed if p and p[1] == FAILED} - self.committed_names()
+        return self._listed(FAILED) - self.committed_names()
 
     @property
     def done_ids(self) -> set[str]:
@@ -171,45 +202,121 @@ class Ledger:
         return stale
 
     def damaged(self, footers: bool = True) -> dict[str, str]:
-        """Committed shards whose Parquet file is missing or not the one committed -> why (sizes; `footers`: rows)."""
+        """Committed shards whose Parquet file (or part) is missing or not the one committed -> why (sizes;
+        `footers`: rows too). A damaged part damages all its shards."""
         sizes = self.storage.sizes(METADATA_DIR)
-        shards = sorted(self.done)
+        own, parts = self._own_markers[0], list(self.parts.values())
         with ThreadPoolExecutor(8) as pool:
-            problems = pool.map(lambda s: _commit_problem(self.storage, s, self.done[s], sizes, footers), shards)
-        return {s: p for s, p in zip(shards, problems) if p}
+            mine = pool.map(lambda s: _commit_problem(self.storage, shard_parquet_path(s), _wanted(own[s]), sizes,
+                                                      footers), list(own))
+            theirs = pool.map(lambda r: _commit_problem(self.storage, part_path(r.name), r.info, sizes, footers), parts)
+            problems = dict(zip(own, mine))
+            for record, why in zip(parts, theirs):
+                problems.update(dict.fromkeys(record.table.column("shard").to_pylist(), why))
+        return {s: p for s, p in sorted(problems.items()) if p}
 
     def uncommit(self, shards: list[str]) -> None:
-        """Take committed shards back to redo them whole (marker first: a crash in between leaves them unfinished)."""
+        """Take committed shards back to redo them whole (marker first: a crash in between leaves them
+        unfinished). Shards in a part: the part is rewritten without them (pipeline/parts.py)."""
+        in_parts: dict[str, set[str]] = {}
         for shard in shards:
-            self.storage.remove(_marker_path(shard))
-            self.storage.remove(shard_parquet_path(shard))
-            del self.done[shard]
+            if shard in self.compacted:
+                in_parts.setdefault(self.compacted[shard], set()).add(shard)
+            else:
+                self.storage.remove(_marker_path(shard))
+                self.storage.remove(shard_parquet_path(shard))
+        for part, gone in in_parts.items():
+            for shard in gone:   # leftovers of an interrupted compaction would commit them again
+                self.storage.remove(_marker_path(shard))
+                self.storage.remove(shard_parquet_path(shard))
+            rewrite_without(self.storage, part, gone, self.parts[part].info)
+        for cached in ("parts", "compacted"):
+            self.__dict__.pop(cached, None)
+        if "_markers" in self.__dict__:
+            for shard in shards:
+                self._markers.pop(shard, None)
+        if "_own_markers" in self.__dict__:
+            for shard in shards:
+                self._own_markers[0].pop(shard, None)
 
     def remove_temp_files(self) -> list[str]:
         """Temp files of writes that were killed, anywhere in OUT (local only: S3 writes are one PUT)."""
         return self.storage.remove_temp_files(MASKS_DIR, recursive=True) + \
-            [n for rel in ("", SHARDS_DIR, METADATA_DIR) for n in self.storage.remove_temp_files(rel)]
+            [n for rel in ("", SHARDS_DIR, METADATA_DIR, COMPACTED_DIR) for n in self.storage.remove_temp_files(rel)]
 
     def remove_leftovers(self) -> list[str]:
-        """Delete Parquet files of shards without a marker (leftovers of an interrupted run)."""
-        removed = []
-        for name in self.storage.list(METADATA_DIR):
-            if name.endswith(".parquet") and name[: -len(".parquet")] not in self.done:
-                self.storage.remove(f"{METADATA_DIR}/{name}")
-                removed.append(name)
+        """Delete Parquet files that nothing commits (of shards without a marker, parts without a live record,
+        shard files merged into a part), and what an interrupted compaction left: void part records, markers
+        of shards in a part. Returns the names of the Parquet files removed."""
+        live = self.parts
+        for name in record_names(self.storage):
+            if name not in live:
+                self.storage.remove(record_path(name))
+        listed = self._listed(DONE)
+        keep = {f"{name}.parquet" for name in [*live, *(listed - set(self.compacted))]}
+        removed = [n for n in self.storage.list(METADATA_DIR) if n.endswith(".parquet") and n not in keep]
+        self.storage.remove_many([f"{METADATA_DIR}/{n}" for n in removed])
+        self.storage.remove_many([_marker_path(s) for s in sorted(listed & set(self.compacted))])
         return removed
 
     def committed_files(self) -> tuple[list[str], list[str]]:
-        """Parquet files (relative paths) of the committed shards, and committed shards whose file is
-        missing. From listings only, so a Parquet file left by an interrupted run is never among them."""
-        parsed = (_parse_marker_name(n) for n in self.storage.list(SHARDS_DIR))
-        shards = sorted(p[0] for p in parsed if p and p[1] == DONE)
-        present = {f"{METADATA_DIR}/{n}" for n in self.storage.list(METADATA_DIR)}
-        files = [shard_parquet_path(s) for s in shards]
-        return [f for f in files if f in present], [s for s, f in zip(shards, files) if f not in present]
+        """Parquet files (relative paths) holding the committed shards (parts, then shard files), and the
+        committed shards whose file is missing. From listings and part records only, so a Parquet file
+        left by an interrupted run or compaction is never among them, nor a shard read twice."""
+        shards = self.unmerged_shards()
+        present = set(self.storage.list(METADATA_DIR))
+        files, missing = [], []
+        for name, record in sorted(self.parts.items()):
+            if f"{name}.parquet" in present:
+                files.append(part_path(name))
+            else:
+                missing += record.table.column("shard").to_pylist()
+        for shard in shards:
+            if f"{shard}.parquet" in present:
+                files.append(shard_parquet_path(shard))
+            else:
+                missing.append(shard)
+        return files, missing
+
+    def unmerged_shards(self) -> list[str]:
+        """Committed shards in no part (from the listing): what `compact` merges."""
+        return sorted(self._listed(DONE) - set(self.compacted))
+
+    def markers_of(self, shards: list[str]) -> dict[str, dict]:
+        """The markers of these shards (those that have one), read now."""
+        blobs = self.storage.read_many([_marker_path(s) for s in shards])
+        return {_parse_marker_name(rel.rsplit("/", 1)[-1])[0]: json.loads(b) for rel, b in blobs.items()}
+
+    def remove_merged(self, shards: list[str]) -> None:
+        """Delete the markers, then the files, of shards that a part's record now commits (leftovers)."""
+        self.storage.remove_many([_marker_path(s) for s in shards])
+        pause_point("compact-clean")
+        self.storage.remove_many([shard_parquet_path(s) for s in shards])
+
+    def files_of(self, shards: list[str]) -> list[str]:
+        """The Parquet files that hold these committed shards' rows."""
+        return sorted({part_path(self.compacted[s]) if s in self.compacted else shard_parquet_path(s) for s in shards})
+
+    def counts(self, exclude: set[str] = frozenset()) -> dict[str, int]:
+        """Committed shards, rows ok/error, items and video frames, from the part records' columns and the
+        other shards' markers (`exclude`: shards not to count, e.g. damaged ones)."""
+        own = [m for s, m in self._own_markers[0].items() if s not in exclude]
+        totals = {"shards": len(own), "rows_ok": sum(m.get("rows_ok", 0) for m in own),
+                  "rows_error": sum(m.get("rows_error", 0) for m in own),
+                  "items": sum(len(m.get("ids", ())) for m in own),
+                  # markers written before `video_frames` existed only have `frames` (images too)
+                  "video_frames": sum(m.get("video_frames", m.get("frames", 0)) for m in own)}
+        for record in self.parts.values():
+            table = record.table.filter(pc.invert(pc.is_in(record.table["shard"], pa.array(sorted(exclude), pa.string()))))
+            totals["shards"] += table.num_rows
+            for key in ("rows_ok", "rows_error", "items", "video_frames"):
+                totals[key] += pc.sum(table[key]).as_py() or 0
+        return totals
 
     def shards_with_errors(self) -> list[str]:
-        return [s for s, m in self.done.items() if m.get("rows_error")]
+        own = [s for s, m in self._own_markers[0].items() if m.get("rows_error")]
+        return own + [s for r in self.parts.values()
+                      for s, e in zip(r.table["shard"].to_pylist(), r.table["rows_error"].to_pylist()) if e]
 
     def commit(self, shard: Shard, rows: list[dict], stats: dict) -> dict:
         """Write the shard's Parquet, then its marker (last). Masks must already be written."""

@@ -247,6 +247,18 @@ class Storage:
             pass
 
 
+    @_guarded
+    def remove_many(self, rels: list[str]) -> None:
+        """Delete several files (one request per 1000 on S3); missing ones are no error."""
+        self._check_writer()
+        if rels:
+            try:
+                self.fs.rm([self.full(r) for r in rels])
+            except FileNotFoundError:   # some already gone: the rest one by one
+                for rel in rels:
+                    self.remove(rel)
+
+
 def read_uri(uri: str, endpoint_url: str | None = None) -> bytes:
     fs, path = open_fs(uri, endpoint_url)
     return fs.cat_file(path)
