@@ -232,12 +232,8 @@ class Ledger:
             rewrite_without(self.storage, part, gone, self.parts[part].info)
         for cached in ("parts", "compacted"):
             self.__dict__.pop(cached, None)
-        if "_markers" in self.__dict__:
-            for shard in shards:
-                self._markers.pop(shard, None)
-        if "_own_markers" in self.__dict__:
-            for shard in shards:
-                self._own_markers[0].pop(shard, None)
+        for shard in shards:
+            self._cache(shard, None)
 
     def remove_temp_files(self) -> list[str]:
         """Temp files of writes that were killed, anywhere in OUT (local only: S3 writes are one PUT)."""
@@ -263,6 +259,14 @@ class Ledger:
         """Parquet files (relative paths) holding the committed shards (parts, then shard files), and the
         committed shards whose file is missing. From listings and part records only, so a Parquet file
         left by an interrupted run or compaction is never among them, nor a shard read twice."""
+        files, missing = self._committed_files()
+        if missing:     # a compaction may have merged them since the records were read: read them again
+            for cached in ("parts", "compacted"):
+                self.__dict__.pop(cached, None)
+            files, missing = self._committed_files()
+        return files, missing
+
+    def _committed_files(self) -> tuple[list[str], list[str]]:
         shards = self.unmerged_shards()
         present = set(self.storage.list(METADATA_DIR))
         files, missing = [], []
@@ -335,8 +339,7 @@ class Ledger:
                       rows=table.num_rows, ids=[i.id for i in shard.items], committed_at=time.time(), parquet=parquet)
         self.storage.write_bytes(_marker_path(shard.name), json.dumps(marker).encode())
         self.storage.remove(_marker_path(shard.name, FAILED))
-        self.done[shard.name] = marker
-        self.failed.pop(shard.name, None)
+        self._cache(shard.name, marker)
         self.committed_now.append(marker)
         return marker
 
@@ -353,7 +356,21 @@ class Ledger:
             self.note_storage_error(exc)
             self.failed_now[shard.name] = f"{reason} (its failure record could not be written: {exc})"
             return
-        self.failed[shard.name] = record
+        if "_own_markers" in self.__dict__:
+            self.failed[shard.name] = record
+
+    def _cache(self, shard: str, marker: dict | None) -> None:
+        """Keep loaded markers up to date (a committed or, with None, uncommitted shard); what is not loaded
+        yet is read from OUT when asked: a first commit must not read every marker of OUT."""
+        caches = [self._markers] if "_markers" in self.__dict__ else []
+        if "_own_markers" in self.__dict__:
+            caches.append(self._own_markers[0])
+            self.failed.pop(shard, None)
+        for cache in caches:
+            if marker is None:
+                cache.pop(shard, None)
+            else:
+                cache[shard] = marker
 
     def note_storage_error(self, exc: BaseException) -> None:
         """Remember a failure of the output storage as a whole: executors stop starting work."""
