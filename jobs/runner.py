@@ -205,7 +205,7 @@ def print_summary(summary: RunSummary, output: str, log=print) -> None:
     log(f"done in {s.seconds:.1f}s{first}: {s.shards_committed} shard(s) committed, {s.shards_skipped} already done, "
         f"{len(s.shards_failed)} failed; rows ok {s.rows_ok}, errors {s.rows_error}; video frames {s.frames}")
     if s.duplicates:
-        log(f"manifest has {s.duplicates} row(s) with an id seen earlier, each id processed once "
+        log(f"manifest has {s.duplicates} row(s) with a duplicate id (seen in an earlier row), each id processed once "
             f"(e.g. {s.duplicate_ids[0]!r})")
     if s.removed_from_manifest:
         log(f"{s.removed_from_manifest} committed item(s) are no longer in the manifest; their rows are kept")
