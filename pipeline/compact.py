@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from posixpath import basename
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -58,10 +59,11 @@ def plan_groups(ledger: Ledger, target: int) -> list[list[Input]]:
     the shard files they hold, not their own size (smaller: fewer footers, larger row groups), so that
     every part but the last is at least half the target and a rerun finds nothing to do."""
     sizes = ledger.storage.sizes(METADATA_DIR)
-    held = {n: r.info.get("source_bytes", sizes.get(f"{n}.parquet", 0)) for n, r in ledger.parts.items()}
+    held = {n: r.info.get("source_bytes", sizes.get(basename(part_path(n)), 0)) for n, r in ledger.parts.items()}
     parts = [Input("part", n, held[n]) for n in sorted(held) if held[n] < target / 2]
-    shards = [Input("shard", s, sizes[shard_parquet_path(s).rsplit("/", 1)[-1]]) for s in ledger.unmerged_shards()
-              if shard_parquet_path(s).rsplit("/", 1)[-1] in sizes]   # a missing one is damaged: `retry` redoes it
+    files = {s: basename(shard_parquet_path(s)) for s in ledger.unmerged_shards()}
+    # a shard whose file is missing is damaged: left to `retry`, which redoes it
+    shards = [Input("shard", s, sizes[name]) for s, name in files.items() if name in sizes]
     groups: list[list[Input]] = []
     size = 0
     for item in parts + shards:

@@ -96,7 +96,7 @@ def wipe_output(storage: Storage) -> None:
 
 def _commit_problem(storage: Storage, rel: str, want: dict, sizes: dict[str, int], footers: bool) -> str | None:
     """Why a committed Parquet file (a shard's or a part's) is not the one recorded (`want`: bytes, rows), or None."""
-    size = sizes.get(rel.rsplit("/", 1)[-1])
+    size = sizes.get(_base(rel))
     if size is None:
         return f"{rel} is missing"
     if "bytes" in want and size != want["bytes"]:   # markers older than verified commits have no size
@@ -113,6 +113,11 @@ def _commit_problem(storage: Storage, rel: str, want: dict, sizes: dict[str, int
     if rows != want.get("rows", rows):
         return f"{rel} has {rows} rows, {want['rows']} were committed"
     return None
+
+
+def _base(rel: str) -> str:
+    """A file's name, as listings give it."""
+    return rel.rsplit("/", 1)[-1]
 
 
 def _wanted(marker: dict) -> dict:
@@ -153,7 +158,7 @@ class Ledger:
         done: dict[str, dict] = {}
         failed: dict[str, dict] = {}
         for rel, blob in blobs.items():
-            shard, kind = _parse_marker_name(rel.rsplit("/", 1)[-1])
+            shard, kind = _parse_marker_name(_base(rel))
             (done if kind == DONE else failed)[shard] = json.loads(blob)
         for shard in [*done, *self.compacted]:
             failed.pop(shard, None)
@@ -218,17 +223,15 @@ class Ledger:
     def uncommit(self, shards: list[str]) -> None:
         """Take committed shards back to redo them whole (marker first: a crash in between leaves them
         unfinished). Shards in a part: the part is rewritten without them (pipeline/parts.py)."""
+        # for a shard in a part, a marker and file are leftovers of an interrupted compaction: once the part
+        # no longer holds it they would commit it again
+        self.storage.remove_many([_marker_path(s) for s in shards])
+        self.storage.remove_many([shard_parquet_path(s) for s in shards])
         in_parts: dict[str, set[str]] = {}
         for shard in shards:
             if shard in self.compacted:
                 in_parts.setdefault(self.compacted[shard], set()).add(shard)
-            else:
-                self.storage.remove(_marker_path(shard))
-                self.storage.remove(shard_parquet_path(shard))
         for part, gone in in_parts.items():
-            for shard in gone:   # leftovers of an interrupted compaction would commit them again
-                self.storage.remove(_marker_path(shard))
-                self.storage.remove(shard_parquet_path(shard))
             rewrite_without(self.storage, part, gone, self.parts[part].info)
         for cached in ("parts", "compacted"):
             self.__dict__.pop(cached, None)
@@ -249,7 +252,7 @@ class Ledger:
             if name not in live:
                 self.storage.remove(record_path(name))
         listed = self._listed(DONE)
-        keep = {f"{name}.parquet" for name in [*live, *(listed - set(self.compacted))]}
+        keep = {_base(part_path(p)) for p in live} | {_base(shard_parquet_path(s)) for s in listed - set(self.compacted)}
         removed = [n for n in self.storage.list(METADATA_DIR) if n.endswith(".parquet") and n not in keep]
         self.storage.remove_many([f"{METADATA_DIR}/{n}" for n in removed])
         self.storage.remove_many([_marker_path(s) for s in sorted(listed & set(self.compacted))])
@@ -271,12 +274,12 @@ class Ledger:
         present = set(self.storage.list(METADATA_DIR))
         files, missing = [], []
         for name, record in sorted(self.parts.items()):
-            if f"{name}.parquet" in present:
+            if _base(part_path(name)) in present:
                 files.append(part_path(name))
             else:
                 missing += record.table.column("shard").to_pylist()
         for shard in shards:
-            if f"{shard}.parquet" in present:
+            if _base(shard_parquet_path(shard)) in present:
                 files.append(shard_parquet_path(shard))
             else:
                 missing.append(shard)
@@ -289,7 +292,7 @@ class Ledger:
     def markers_of(self, shards: list[str]) -> dict[str, dict]:
         """The markers of these shards (those that have one), read now."""
         blobs = self.storage.read_many([_marker_path(s) for s in shards])
-        return {_parse_marker_name(rel.rsplit("/", 1)[-1])[0]: json.loads(b) for rel, b in blobs.items()}
+        return {_parse_marker_name(_base(rel))[0]: json.loads(b) for rel, b in blobs.items()}
 
     def remove_merged(self, shards: list[str]) -> None:
         """Delete the markers, then the files, of shards that a part's record now commits (leftovers)."""
