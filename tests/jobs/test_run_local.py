@@ -67,6 +67,32 @@ def test_rerun_skips_committed_shards_and_incremental_run_adds_new_ones(media, t
     assert [r["id"] for r in rows].count("new") == 1 and len(rows) == 3 + 35 + 24 + 1 + 1
 
 
+def test_appended_rows_never_regroup_and_an_output_without_a_plan_state_resumes_by_ids(media, tmp_path, tiny_weights):
+    images = [make_image(tmp_path / "media" / f"i{k}.png", 20, 24, k) for k in range(7)]
+    manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(p), "id": f"i{k}"} for k, p in enumerate(images[:5])])
+    out = tmp_path / "out"
+    args = ["-o", out, "--weights", tiny_weights, "--executor", "local", "--shard-size", "2", "--no-progress"]
+    assert run_cli("run", manifest, *args)[0] == 0                  # shards i0-i1, i2-i3, i4 (short)
+    first = {r["id"]: r["shard"] for r in read_rows(out)}
+    rows = [{"uri": str(p), "id": f"i{k}"} for k, p in enumerate(images)] + [{"uri": str(images[0]), "id": "i0"}]
+    write_manifest(tmp_path / "m.csv", rows)                       # two new rows and a duplicate of i0
+    code, log = run_cli("run", manifest, *args)
+    assert code == 0 and "2 item(s) in 1 shard(s)" in log and "1 row(s) with a duplicate id" in log, log
+    after = {r["id"]: r["shard"] for r in read_rows(out)}
+    assert {k: v for k, v in after.items() if k in first} == first      # i4 keeps its short shard
+    assert after["i5"] == after["i6"] != first["i4"] and len(read_rows(out)) == 7
+    assert [s["rows"] for s in json.loads((out / "_plan.json").read_text())["segments"]] == [5, 8]
+
+    (out / "_plan.json").unlink()                                   # as an output of an older version
+    for marker in (out / "_shards").glob("*.done.json"):
+        if after["i5"] in marker.name:
+            marker.unlink()                                          # i5-i6 not committed
+    code, log = run_cli("run", manifest, *args)
+    assert code == 0 and "planned by item ids" in log and "2 item(s) in 1 shard(s)" in log, log
+    assert sorted(r["id"] for r in read_rows(out)) == [f"i{k}" for k in range(7)]
+    assert json.loads((out / "_plan.json").read_text())["mode"] == "ids"
+
+
 def test_rerun_with_other_settings_is_refused_unless_overwrite(media, tmp_path, tiny_weights):
     manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(media["a"])}])
     out = tmp_path / "out"
