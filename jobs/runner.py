@@ -179,7 +179,7 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
     write_plan_state(storage, plan)
     committed = ledger.committed_names()
     pending = plan.pending(committed)
-    if ledger.clear_stale_failures(set(plan.names)):
+    if ledger.clear_stale_failures(plan.known(ledger.failed)):
         log("cleared failure records of shards that are no longer in the plan (the manifest changed)")
     if plan.mode == "ids":
         log(f"planned by item ids: {storage.root} was written by an older version, or the manifest changed before "

@@ -37,7 +37,7 @@ def summarise(output: str, endpoint_url: str | None = None) -> dict:
     try:    # as `retry` will see it: failure records that no longer match the plan are void
         plan = plan_output(ManifestReader(cfg["manifest"], endpoint_url or cfg.get("endpoint_url")), ledger,
                            cfg["shard_size"])
-        stale = set(ledger.stale_failures(set(plan.names)))
+        stale = set(ledger.stale_failures(plan.known(ledger.failed)))
         failed = {n: f for n, f in failed.items() if n not in stale}
         todo = plan.pending(ledger.committed_names() | set(failed))
         pending = int(todo.sum())

@@ -37,6 +37,30 @@ from .storage import Storage
 PLAN_STATE = "_plan.json"
 PARTS = 64
 _SPILL = np.dtype([("a", "<u8"), ("b", "<u8"), ("p", "<i8")])
+_KEY = np.dtype([("f", "<i8"), ("d", "<u8")])
+
+
+def _isin(keys: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """Which of `keys` are in `among` (structured arrays of _KEY)."""
+    if not len(among) or not len(keys):
+        return np.zeros(len(keys), bool)
+    among = np.sort(among)
+    return among[np.minimum(np.searchsorted(among, keys), len(among) - 1)] == keys
+
+
+def _name_keys(names) -> np.ndarray:
+    """(first row, digest) of shard names `shard-<first>-<digest hex>`; other names are skipped."""
+    keys = np.empty(len(names), _KEY)
+    n = 0
+    for name in names:
+        parts = name.split("-")
+        if len(parts) == 3 and parts[0] == "shard":
+            try:
+                keys[n] = (int(parts[1]), int(parts[2], 16))
+            except ValueError:
+                continue
+            n += 1
+    return keys[:n]
 
 
 def _joined(keys: pa.Array, offsets: np.ndarray) -> tuple[memoryview, np.ndarray]:
@@ -140,13 +164,29 @@ class Plan:
 
     @property
     def names(self) -> list[str]:
+        """Every shard's name (tests and small tools: a run compares integer pairs, see `contains`)."""
         if self._names is None:
             self._names = [shard_name(f, d) for f, d in zip(self.first.tolist(), self.digest.tolist())]
         return self._names
 
-    def pending(self, committed: set[str]) -> np.ndarray:
+    def _keys(self) -> np.ndarray:
+        mine = np.empty(len(self), _KEY)
+        mine["f"], mine["d"] = self.first, self.digest
+        return mine
+
+    def contains(self, names) -> np.ndarray:
+        """Which shards of the plan have one of these names (a boolean per shard). Compared as
+        (first row, digest) integer pairs: 1.5 M names as Python strings would cost ~250 MB."""
+        return _isin(self._keys(), _name_keys(names))
+
+    def known(self, names) -> set[str]:
+        """The names, of those given, that are shards of this plan."""
+        names = [n for n in names if len(_name_keys([n]))]
+        return {n for n, hit in zip(names, _isin(_name_keys(names), self._keys())) if hit}
+
+    def pending(self, committed) -> np.ndarray:
         """Which shards are not committed (a boolean per shard)."""
-        return np.fromiter((n not in committed for n in self.names), bool, len(self))
+        return ~self.contains(committed)
 
     def _selected(self, pos: np.ndarray, keys: pa.Array) -> np.ndarray:
         keep = ~np.isin(pos, self.duplicates, assume_unique=True)
@@ -182,7 +222,7 @@ class Plan:
 
     def _checked(self, s: int, items: list[Item], tables: list[pa.Table], conform) -> Shard:
         from .manifest import ManifestError
-        name = self.names[s]
+        name = shard_name(int(self.first[s]), int(self.digest[s]))
         digest = ids_digest("\n".join(i.id for i in items).encode())
         if len(items) != self.count[s] or shard_name(items[0].position, digest) != name:
             raise ManifestError(f"manifest {self.reader.uri} changed while the run was reading it "
