@@ -80,23 +80,24 @@ def flags_to_config(manifest: str, config_file: str | None, **flags) -> RunConfi
 
 
 def execute(cfg: RunConfig, overwrite: bool = False, observers=(), redo_errors: bool = False,
-            wait: bool = False) -> int:
+            wait: bool = False, verify: bool = False) -> int:
     """Run a config with its executor while holding OUT's lease (one writer per output); return the exit code."""
     command = shlex.join(["humanseg-batch", *sys.argv[1:]])[:300]
     try:
         with holding_lease(cfg.output, cfg.endpoint_url, command, wait=wait, log=console.log) as lease:
-            lease.storage_failed = (code := _execute(cfg, overwrite, observers, redo_errors, lease)) == EXIT_STORAGE
+            lease.storage_failed = (code := _execute(cfg, overwrite, observers, redo_errors, lease, verify)) == EXIT_STORAGE
             return code
     except LeaseHeldError as exc:
         console.log(f"error: {exc}", level="error")
         return EXIT_USAGE
 
 
-def _execute(cfg: RunConfig, overwrite: bool, observers, redo_errors: bool, lease) -> int:
+def _execute(cfg: RunConfig, overwrite: bool, observers, redo_errors: bool, lease, verify: bool = False) -> int:
     start = CLI_STARTED if CLI_STARTED else time.time()
     log = console.log
     try:
-        prep = prepare(cfg, overwrite=overwrite, log=log, started=start, lease=lease, redo_errors=redo_errors)
+        prep = prepare(cfg, overwrite=overwrite, log=log, started=start, lease=lease, redo_errors=redo_errors,
+                       verify=verify)
     except (ManifestError, CheckpointError, RunMismatchError, ValueError) as exc:
         console.log(f"error: {exc}", level="error")
         return EXIT_USAGE
@@ -250,7 +251,8 @@ def retry(output, errors, wait, **overrides):
     known = {f.name for f in dataclasses.fields(RunConfig)}
     base = {k: v for k, v in record["config"].items() if k in known}
     cfg = build_config(overrides, base=base)
-    sys.exit(execute(cfg, redo_errors=errors, wait=wait))   # --errors takes shards back under the lease
+    # --errors takes shards back under the lease; retry checks every committed file's size
+    sys.exit(execute(cfg, redo_errors=errors, wait=wait, verify=True))
 
 
 def _register_subcommands() -> None:

@@ -65,6 +65,8 @@ def test_a_truncated_or_replaced_parquet_is_damaged(tmp_path, tiny_weights):
     damaged = json.loads(text)["damaged_shards"]
     assert code == 4 and len(damaged) == 2 and all("bytes" in why for why in damaged.values())
     code, _, err = cli("run", tmp_path / "m.csv", "-o", out, "--weights", tiny_weights, "--executor", "local",
-                       "--shard-size", "2", "--no-progress")     # a plain rerun repairs too
-    assert code == 0, err
+                       "--shard-size", "2", "--no-progress")     # a plain rerun checks listings only
+    assert code == 0 and "damaged" not in err, err
+    code, _, err = cli("retry", out, "--no-progress")           # retry compares sizes and repairs
+    assert code == 0 and "2 committed shard(s) are damaged" in err, err
     assert ids(out) == ["i0", "i1", "i2", "i3"]
