@@ -11,10 +11,10 @@ from importlib.metadata import PackageNotFoundError, version
 from humanseg_batch.model import load_checkpoint
 from humanseg_batch.pipeline.faults import pause_point
 from humanseg_batch.pipeline.ledger import (Ledger, ShardAssembly, check_or_write_run_record, check_run_record,
-                                            read_run_record, wipe_output)
+                                            wipe_output)
 from humanseg_batch.pipeline.manifest import ManifestReader
 from humanseg_batch.pipeline.plan import Sampling, Shard
-from humanseg_batch.pipeline.planner import Plan, plan_manifest, read_plan_state, write_plan_state
+from humanseg_batch.pipeline.planner import Plan, plan_manifest, read_plan_state, wipe_plan, write_plan_state
 from humanseg_batch.pipeline.process import ModelInfo, UnitContext
 from humanseg_batch.pipeline.storage import Storage
 from humanseg_batch.pipeline.write import conform_extras, extras_columns
@@ -140,7 +140,7 @@ def fix_manifest_columns(old_record: dict | None, reader: ManifestReader, output
 def plan_output(reader: ManifestReader, ledger: Ledger, shard_size: int) -> Plan:
     """The manifest's shards for this output (pipeline/planner.py), with the ledger's committed ones."""
     return plan_manifest(reader, shard_size, read_plan_state(ledger.storage), ledger.committed_names(),
-                         lambda: ledger.done_ids)
+                         lambda: ledger.done_ids, ledger.storage)
 
 
 def tidy_output(ledger: Ledger, log=print, verify: bool = False) -> None:
@@ -173,6 +173,7 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
     model, model_path = model_info(cfg)
     if overwrite:
         wipe_output(storage)
+        wipe_plan(storage)
     old_record = check_run_record(storage, run_record(cfg, model, None), list(RunConfig.COMPAT),
                                   RunConfig.COMPAT_ABSENT)
     ledger = Ledger(storage)
@@ -212,8 +213,9 @@ def print_summary(summary: RunSummary, output: str, log=print) -> None:
     log(f"done in {s.seconds:.1f}s{first}: {s.shards_committed} shard(s) committed, {s.shards_skipped} already done, "
         f"{len(s.shards_failed)} failed; rows ok {s.rows_ok}, errors {s.rows_error}; video frames {s.frames}")
     if s.duplicates:
-        log(f"manifest has {s.duplicates} row(s) with a duplicate id (seen in an earlier row), each id processed once "
-            f"(e.g. {s.duplicate_ids[0]!r})")
+        example = f" (e.g. {s.duplicate_ids[0]!r})" if s.duplicate_ids else ""
+        log(f"manifest has {s.duplicates} row(s) with a duplicate id (seen in an earlier row), each id processed "
+            f"once{example}")
     if s.removed_from_manifest:
         log(f"{s.removed_from_manifest} committed item(s) are no longer in the manifest; their rows are kept")
     if s.storage_error:

@@ -332,7 +332,8 @@ class Ledger:
         table = rows_table(rows)
         if shard.extras is not None:    # the manifest's other columns, joined by manifest row
             at = {item.position: k for k, item in enumerate(shard.items)}
-            table = with_extras(table, shard.extras.take([at[p] for p in table.column("manifest_row").to_pylist()]))
+            rows_at = pa.array([at[p] for p in table.column("manifest_row").to_pylist()], pa.int64())
+            table = with_extras(table, shard.extras.take(rows_at))
         data = parquet_bytes(table)
         self.storage.write_bytes(shard_parquet_path(shard.name), data)
         pause_point("commit")

@@ -89,15 +89,20 @@ def uri_problem(u: str) -> str:
 
 
 class _Hashing(io.RawIOBase):
-    """A read-only stream that feeds every byte it passes on to a sha256 (the manifest's fingerprint)."""
+    """A read-only stream that feeds every byte it passes on to a sha256 (the manifest's fingerprint);
+    `prelude` is passed on first without being hashed (the header line before an appended tail)."""
 
-    def __init__(self, raw):
-        self.raw, self.sha = raw, hashlib.sha256()
+    def __init__(self, raw, sha=None, prelude: bytes = b""):
+        self.raw, self.sha, self.prelude = raw, sha or hashlib.sha256(), prelude
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
+        if self.prelude:
+            n = min(len(buffer), len(self.prelude))
+            buffer[:n], self.prelude = self.prelude[:n], self.prelude[n:]
+            return n
         data = self.raw.read(len(buffer))
         buffer[: len(data)] = data
         self.sha.update(data)
@@ -120,6 +125,7 @@ class ManifestReader:
         self.fingerprint: str | None = None     # sha256 of the bytes, once a pass has read them all
         self.rows: int | None = None
         self.schema: pa.Schema | None = None     # of the first batch: the extra columns' types
+        self.header_line = b""                   # CSV: the header row's bytes, put before an appended tail
         self.columns = self._header()
         if "uri" not in self.columns:
             raise ManifestError(f"manifest {uri} has no 'uri' column (columns: {', '.join(self.columns) or 'none'})")
@@ -145,15 +151,41 @@ class ManifestReader:
         if not head.strip():
             raise ManifestError(f"manifest {self.uri} is empty: it needs a header row with a 'uri' column")
         if self.kind == "json":
-            return next(self.batches())[1].schema.names
-        first_line = head.split(b"\n", 1)[0].decode("utf-8-sig", "replace")
-        return next(csv.reader([first_line]), [])
+            self.header_line = b""
+            return self.first_schema().names
+        self.header_line = head.split(b"\n", 1)[0] + b"\n"
+        return next(csv.reader([self.header_line.decode("utf-8-sig", "replace")]), [])
 
-    def batches(self) -> Iterator[tuple[int, pa.RecordBatch]]:
-        """(position of the batch's first row, batch), in manifest order; sets `rows` and `fingerprint` at the end."""
-        start = 0
+    def first_schema(self) -> pa.Schema:
+        """The schema of the first batch (the extra columns' types), reading one batch if none was read."""
+        if self.schema is None:
+            batches = self.batches()
+            next(batches)
+            batches.close()
+        return self.schema
+
+    def size(self) -> int:
+        with self._open() as f:
+            return f.size if isinstance(getattr(f, "size", None), int) else f.seek(0, os.SEEK_END)
+
+    def prefix_sha256(self, nbytes: int) -> tuple[hashlib._Hash, bytes]:
+        """sha256 of the first `nbytes` bytes, and the last of them (a tail may only start after a newline)."""
+        sha, last, left = hashlib.sha256(), b"", nbytes
+        with self._open() as f:
+            while left and (chunk := f.read(min(left, BLOCK_BYTES))):
+                sha.update(chunk)
+                last, left = chunk[-1:], left - len(chunk)
+        return sha, last
+
+    def batches(self, from_byte: int = 0, first_row: int = 0, sha=None) -> Iterator[tuple[int, pa.RecordBatch]]:
+        """(position of the batch's first row, batch), in manifest order; sets `rows` and `fingerprint` at the
+        end. `from_byte` (CSV, JSON Lines): read only from there, a row boundary, numbering rows from
+        `first_row`; `sha` then holds the hash of the bytes before it."""
+        start = first_row
         with self._open() as raw:
-            stream = _Hashing(raw)
+            if from_byte:
+                raw.seek(from_byte)
+            stream = _Hashing(raw, sha, self.header_line if from_byte else b"")
             try:
                 for batch in self._read(raw, stream):
                     if batch.num_rows:

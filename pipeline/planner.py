@@ -18,127 +18,21 @@ output stays in that mode.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .manifest import ManifestReader, batch_items, row_keys
 from .plan import Item, Shard, ids_digest, shard_name
+from .plan_arrays import KEY, Grouper, SegmentHashes, Spill, isin_keys, name_keys
+from .plan_store import (IDS, PARTS, PLAN_STATE, has_segment_files, load_ids, load_shards, read_plan_state,  # noqa: F401
+                         remove_segment_files, save_ids, save_shards, write_plan_state as write_state)
 from .storage import Storage
 
-PLAN_STATE = "_plan.json"
-PARTS = 64
-_SPILL = np.dtype([("a", "<u8"), ("b", "<u8"), ("p", "<i8")])
-_KEY = np.dtype([("f", "<i8"), ("d", "<u8")])
-
-
-def _isin(keys: np.ndarray, among: np.ndarray) -> np.ndarray:
-    """Which of `keys` are in `among` (structured arrays of _KEY)."""
-    if not len(among) or not len(keys):
-        return np.zeros(len(keys), bool)
-    among = np.sort(among)
-    return among[np.minimum(np.searchsorted(among, keys), len(among) - 1)] == keys
-
-
-def _name_keys(names) -> np.ndarray:
-    """(first row, digest) of shard names `shard-<first>-<digest hex>`; other names are skipped."""
-    keys = np.empty(len(names), _KEY)
-    n = 0
-    for name in names:
-        parts = name.split("-")
-        if len(parts) == 3 and parts[0] == "shard":
-            try:
-                keys[n] = (int(parts[1]), int(parts[2], 16))
-            except ValueError:
-                continue
-            n += 1
-    return keys[:n]
-
-
-def _joined(keys: pa.Array, offsets: np.ndarray) -> tuple[memoryview, np.ndarray]:
-    """The keys of each group [offsets[i], offsets[i+1]) joined by newlines: (bytes, byte offsets)."""
-    lists = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), keys)
-    joined = pc.binary_join(lists, "\n")
-    bounds = np.frombuffer(joined.buffers()[1], np.int32)[joined.offset: joined.offset + len(joined) + 1]
-    data = joined.buffers()[2]
-    return memoryview(data if data is not None else b""), bounds
-
-
-class _Grouper:
-    """Cuts selected rows (ascending positions) into groups of `size` that never cross a segment end."""
-
-    def __init__(self, size: int, ends: list[int]):
-        self.size, self.ends = size, np.asarray(ends, np.int64)
-        self.carry_pos = np.empty(0, np.int64)
-        self.carry_keys = pa.array([], pa.string())
-        self.out: list[tuple[np.ndarray, ...]] = []
-
-    def add(self, pos: np.ndarray, keys: pa.Array, final: bool = False) -> None:
-        pos = np.concatenate([self.carry_pos, pos])
-        keys = pa.concat_arrays([self.carry_keys, keys]) if len(self.carry_keys) else keys
-        if not len(pos):
-            return
-        seg = np.searchsorted(self.ends, pos, side="right")
-        runs = np.r_[0, np.flatnonzero(np.diff(seg)) + 1, len(pos)]
-        starts = np.concatenate([np.arange(a, b, self.size) for a, b in zip(runs[:-1], runs[1:])])
-        stops = np.r_[starts[1:], len(pos)]
-        keep = len(starts) if final or stops[-1] - starts[-1] == self.size else len(starts) - 1
-        self.carry_pos, self.carry_keys = pos[starts[keep]:] if keep < len(starts) else pos[:0], \
-            keys.slice(starts[keep]) if keep < len(starts) else keys.slice(0, 0)
-        if keep:
-            starts, stops = starts[:keep], stops[:keep]
-            data, bounds = _joined(keys, np.r_[starts, stops[-1]])
-            digests = np.fromiter((ids_digest(data[bounds[i]:bounds[i + 1]]) for i in range(keep)), np.uint64, keep)
-            self.out.append((pos[starts], pos[stops - 1], (stops - starts).astype(np.int32), digests))
-
-    def finish(self) -> tuple[np.ndarray, ...]:
-        self.add(np.empty(0, np.int64), pa.array([], pa.string()), final=True)
-        cols = list(zip(*self.out)) or [[np.empty(0, np.int64)], [np.empty(0, np.int64)],
-                                        [np.empty(0, np.int32)], [np.empty(0, np.uint64)]]
-        return tuple(np.concatenate(c) for c in cols)
-
-
-class _DuplicateHashes:
-    """128 bits of hash per id, spilled to partition files; after the pass, the rows that share a hash."""
-
-    def __init__(self):
-        self.dir = tempfile.TemporaryDirectory(prefix="humanseg-plan-")
-        self.files = [open(os.path.join(self.dir.name, f"{k:02d}.bin"), "wb") for k in range(PARTS)]
-        self.con = duckdb.connect()
-
-    def add(self, pos: np.ndarray, keys: pa.Array) -> None:
-        id_table = pa.table({"k": keys})   # noqa: F841 - read by DuckDB's replacement scan
-        h = self.con.sql("SELECT hash(k) AS a, hash(k || chr(31)) AS b FROM id_table").fetchnumpy()
-        rows = np.empty(len(pos), _SPILL)
-        rows["a"], rows["b"], rows["p"] = h["a"], h["b"], pos
-        part = (rows["a"] >> np.uint64(58)).astype(np.int64)
-        order = np.argsort(part, kind="stable")
-        rows, cuts = rows[order], np.searchsorted(part[order], np.arange(PARTS + 1))
-        for k in range(PARTS):
-            if cuts[k + 1] > cuts[k]:
-                rows[cuts[k]:cuts[k + 1]].tofile(self.files[k])
-
-    def candidates(self) -> np.ndarray:
-        """Sorted positions of every row whose hash another row shares (a duplicate, or its first)."""
-        found = []
-        for f in self.files:
-            f.close()
-            rows = np.fromfile(f.name, _SPILL)
-            if len(rows) < 2:
-                continue
-            rows = rows[np.lexsort((rows["p"], rows["b"], rows["a"]))]
-            same = (rows["a"][1:] == rows["a"][:-1]) & (rows["b"][1:] == rows["b"][:-1])
-            found.append(rows["p"][np.r_[same, False] | np.r_[False, same]])
-        self.dir.cleanup()
-        return np.sort(np.concatenate(found)) if found else np.empty(0, np.int64)
+STATE_VERSION = 2
 
 
 @dataclass
@@ -157,6 +51,8 @@ class Plan:
     segments: list[dict]               # [{"rows": n, "keys_sha256": ...}]: what OUT/_plan.json records
     done_keys: pa.Array | None = None  # "ids" mode: the committed ids, never planned again
     removed: int = 0                   # "ids" mode: committed ids that are no longer in the manifest
+    tail: tuple | None = None          # (byte, row, sha) where appended rows begin, when only they were read
+    spill: Spill | None = field(default=None, repr=False)    # every id's hash, until the state is written
     _names: list[str] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -169,20 +65,24 @@ class Plan:
             self._names = [shard_name(f, d) for f, d in zip(self.first.tolist(), self.digest.tolist())]
         return self._names
 
+    def tail_args(self) -> tuple:
+        """batches() arguments that read the appended rows only."""
+        return self.tail[0], self.tail[1], self.tail[2].copy()
+
     def _keys(self) -> np.ndarray:
-        mine = np.empty(len(self), _KEY)
+        mine = np.empty(len(self), KEY)
         mine["f"], mine["d"] = self.first, self.digest
         return mine
 
     def contains(self, names) -> np.ndarray:
         """Which shards of the plan have one of these names (a boolean per shard). Compared as
         (first row, digest) integer pairs: 1.5 M names as Python strings would cost ~250 MB."""
-        return _isin(self._keys(), _name_keys(names))
+        return isin_keys(self._keys(), name_keys(names))
 
     def known(self, names) -> set[str]:
         """The names, of those given, that are shards of this plan."""
-        names = [n for n in names if len(_name_keys([n]))]
-        return {n for n, hit in zip(names, _isin(_name_keys(names), self._keys())) if hit}
+        names = [n for n in names if len(name_keys([n]))]
+        return {n for n, hit in zip(names, isin_keys(name_keys(names), self._keys())) if hit}
 
     def pending(self, committed) -> np.ndarray:
         """Which shards are not committed (a boolean per shard)."""
@@ -202,7 +102,9 @@ class Plan:
         if not len(index):
             return
         k, items, tables = 0, [], []
-        for start, batch in self.reader.batches():
+        # only the appended rows when every pending shard is among them
+        tail_only = self.tail is not None and self.first[index[0]] >= self.tail[1]
+        for start, batch in self.reader.batches(*(self.tail_args() if tail_only else ())):
             pos = np.arange(start, start + batch.num_rows, dtype=np.int64)
             keys = row_keys(batch, start)
             rows = np.flatnonzero(self._selected(pos, keys))
@@ -230,73 +132,81 @@ class Plan:
         return Shard(name, tuple(items), conform(pa.concat_tables(tables)))
 
 
-def _validated(segments: list[dict], prefix: dict[int, str]) -> bool:
-    return all(prefix.get(s["rows"]) == s["keys_sha256"] for s in segments)
+def _mode(state: dict | None, shard_size: int, committed) -> tuple[str, list[dict]]:
+    """("segments", the recorded segments) or ("ids", []) for an output in this state."""
+    if not committed:
+        return "segments", []             # nothing committed: any grouping is right, start afresh
+    if state and state.get("version") == STATE_VERSION and state.get("mode") == "segments" \
+            and state.get("shard_size") == shard_size and state.get("segments"):
+        return "segments", list(state["segments"])
+    return "ids", []
 
 
 def plan_manifest(reader: ManifestReader, shard_size: int, state: dict | None, committed: set[str],
-                  done_ids: Callable[[], set[str]]) -> Plan:
+                  done_ids: Callable[[], set[str]], storage: Storage | None = None) -> Plan:
     """Plan `reader`'s manifest for an output whose plan state is `state` (OUT/_plan.json, or None) and whose
-    committed shards are `committed`; `done_ids` gives every committed id (only called in "ids" mode)."""
+    committed shards are `committed`; `done_ids` gives every committed id (only called in "ids" mode).
+    With `storage` (OUT), rows appended since the last run are all that is read when the rest is proven
+    unchanged (pipeline/plan_store.py)."""
     if shard_size < 1:
         raise ValueError("shard size must be >= 1")
-    old = list(state.get("segments", [])) if state and state.get("shard_size") == shard_size else []
-    if not committed:
-        mode, old = "segments", []             # nothing committed: any grouping is right, start afresh
-    elif state and state.get("mode") == "segments" and old:
-        mode = "segments"
-    else:
-        mode = "ids"
+    mode, old = _mode(state, shard_size, committed)
+    if mode == "segments" and old and storage is not None:
+        plan = _plan_tail(reader, shard_size, old, storage)
+        if plan is not None:
+            return plan
+    return _plan_full(reader, shard_size, mode, old, done_ids)
+
+
+def _plan_full(reader: ManifestReader, shard_size: int, mode: str, old: list[dict], done_ids) -> Plan:
     ends = [s["rows"] for s in old]
-    dup_hashes, sha, prefix = _DuplicateHashes(), hashlib.sha256(), {}
-    grouper = _Grouper(shard_size, ends) if mode == "segments" else None
+    spill, hashes = Spill(), SegmentHashes(ends)
+    grouper = Grouper(shard_size, ends) if mode == "segments" else None
     for start, batch in reader.batches():
         pos = np.arange(start, start + batch.num_rows, dtype=np.int64)
         keys = row_keys(batch, start)
-        dup_hashes.add(pos, keys)
-        _hash_keys(sha, prefix, keys, start, ends)
+        spill.add(pos, keys)
+        hashes.add(keys, start)
         if grouper is not None:
             grouper.add(pos, keys)
-    prefix[reader.rows] = sha.hexdigest()
-    candidates = dup_hashes.candidates()
-    if mode == "segments" and not _validated(old, prefix):
+    candidates = spill.candidates()
+    found = hashes.finish(reader.rows)
+    if mode == "segments" and any(found.get(s["rows"]) != s["keys_sha256"] for s in old):
         mode, old, grouper = "ids", [], None
-    segments = old if old and old[-1]["rows"] == reader.rows else old + [{"rows": reader.rows,
-                                                                          "keys_sha256": prefix[reader.rows]}]
     plan = Plan(reader, shard_size, mode, *(grouper.finish() if grouper and not len(candidates) else _empty()),
-                duplicates=np.empty(0, np.int64), duplicate_ids=[], segments=segments if mode == "segments" else [])
-    if mode == "ids":
-        done = done_ids()
-        plan.done_keys = pa.array(sorted(done), pa.string())
+                duplicates=np.empty(0, np.int64), duplicate_ids=[], segments=[])
+    if mode == "segments":
+        plan.segments = old if old and old[-1]["rows"] == reader.rows else \
+            old + [_segment(reader, found[reader.rows], reader.fingerprint)]
+        plan.spill = spill
+    else:
+        spill.close()
+        plan.done_keys = pa.array(sorted(done_ids()), pa.string())
     if len(candidates) or mode == "ids":
-        _second_pass(plan, candidates, [s["rows"] for s in old] if mode == "segments" else [])
+        _exact_pass(plan, reader.batches(), candidates, ends if mode == "segments" else [])
     if mode == "ids":
         plan.removed = len(plan.done_keys) - plan.removed
     return plan
+
+
+def _segment(reader: ManifestReader, keys_sha256: str, fingerprint: str) -> dict:
+    """A segment ending at the manifest's last row: its ids' hash, and the bytes that prove it unchanged."""
+    seg = {"rows": reader.rows, "keys_sha256": keys_sha256}
+    if reader.kind != "parquet":
+        seg.update(bytes=reader.size(), bytes_sha256=fingerprint)
+    return seg
 
 
 def _empty() -> tuple[np.ndarray, ...]:
     return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.uint64)
 
 
-def _hash_keys(sha, prefix: dict[int, str], keys: pa.Array, start: int, ends: list[int]) -> None:
-    """Feed "key\\n" per row to `sha`, noting its digest at each recorded segment end inside this batch."""
-    n, at = len(keys), 0
-    for end in [e for e in ends if start < e <= start + n] + [start + n]:
-        part = keys.slice(at, end - start - at)
-        if len(part):
-            data, bounds = _joined(part, np.array([0, len(part)]))
-            sha.update(data[bounds[0]:bounds[1]])
-            sha.update(b"\n")
-        at = end - start
-        if end in ends:
-            prefix[end] = sha.copy().hexdigest()
-
-
-def _second_pass(plan: Plan, candidates: np.ndarray, ends: list[int]) -> None:
-    """Exact duplicates (text compared, first row wins) among the hash candidates, then the grouping."""
-    grouper, first_seen, dups, matched = _Grouper(plan.shard_size, ends), {}, [], 0
-    for start, batch in plan.reader.batches():
+def _exact_pass(plan: Plan, batches, candidates: np.ndarray, ends: list[int], known: np.ndarray | None = None) -> None:
+    """Exact duplicates (text compared, first row wins) among the hash candidates, plus `known` ones (rows
+    whose id an earlier segment kept), then the grouping of the rows read by `batches`."""
+    grouper, first_seen, dups, matched = Grouper(plan.shard_size, ends), {}, [], 0
+    base = plan.duplicates
+    for start, batch in batches:
         pos = np.arange(start, start + batch.num_rows, dtype=np.int64)
         keys = row_keys(batch, start)
         at = np.flatnonzero(np.isin(pos, candidates, assume_unique=True))
@@ -307,26 +217,108 @@ def _second_pass(plan: Plan, candidates: np.ndarray, ends: list[int]) -> None:
                     plan.duplicate_ids.append(key)
             else:
                 first_seen[key] = start + r
-        plan.duplicates = np.asarray(dups, np.int64)
+        if known is not None:
+            hit = np.flatnonzero(np.isin(pos, known, assume_unique=True))
+            dups += (start + hit).tolist()
+            plan.duplicate_ids += keys.take(pa.array(hit[: max(0, 20 - len(plan.duplicate_ids))], pa.int64())).to_pylist()
+        plan.duplicates = np.union1d(base, np.asarray(dups, np.int64))
         keep = plan._selected(pos, keys)
         if plan.done_keys is not None:
-            fresh = ~np.isin(pos, plan.duplicates, assume_unique=True)
-            matched += int(fresh.sum() - keep.sum())
+            matched += int((~np.isin(pos, plan.duplicates, assume_unique=True)).sum() - keep.sum())
         grouper.add(pos[keep], keys.filter(pa.array(keep)))
-    plan.first, plan.last, plan.count, plan.digest = grouper.finish()
+    new = grouper.finish()
+    plan.first, plan.last, plan.count, plan.digest = (np.concatenate([a, b]) for a, b in
+                                                      zip((plan.first, plan.last, plan.count, plan.digest), new))
     plan.removed = matched
 
 
-def read_plan_state(storage: Storage) -> dict | None:
-    if not storage.exists(PLAN_STATE):
+def _plan_tail(reader: ManifestReader, shard_size: int, old: list[dict], storage: Storage) -> Plan | None:
+    """The plan from the recorded segments and the rows appended since, reading only those; None when
+    the bytes before them are not the recorded ones (or the format cannot be read from the middle)."""
+    last = old[-1]
+    if "bytes" not in last or reader.kind == "parquet" or not has_segment_files(storage, old):
         return None
-    return json.loads(storage.read_bytes(PLAN_STATE))
+    size = reader.size()
+    if size < last["bytes"]:
+        return None
+    sha, final = reader.prefix_sha256(last["bytes"])
+    if sha.hexdigest() != last["bytes_sha256"] or final != b"\n":
+        return None
+    recorded = [load_shards(storage, k) for k in range(len(old))]
+    plan = Plan(reader, shard_size, "segments", *(np.concatenate([r[n] for r in recorded])
+                                                  for n in ("first", "last", "count", "digest")),
+                duplicates=np.concatenate([r["duplicates"] for r in recorded]), duplicate_ids=[], segments=old)
+    if size == last["bytes"]:
+        reader.rows, reader.fingerprint = last["rows"], last["bytes_sha256"]
+        reader.first_schema()
+        return plan
+    plan.tail = (last["bytes"], last["rows"], sha)
+    spill, hashes, grouper = Spill(last["rows"]), SegmentHashes([]), Grouper(shard_size, [])
+    if not spill.md5_ok:
+        spill.close()
+        return None
+    for start, batch in reader.batches(*plan.tail_args()):
+        pos = np.arange(start, start + batch.num_rows, dtype=np.int64)
+        keys = row_keys(batch, start)
+        spill.add(pos, keys)
+        hashes.add(keys, start)
+        grouper.add(pos, keys)
+    plan.segments = old + [_segment(reader, hashes.finish(reader.rows)[reader.rows], reader.fingerprint)]
+    plan.spill = spill
+    candidates, known = spill.candidates(), _seen_before(spill, storage, len(old))
+    if len(candidates) or len(known):
+        _exact_pass(plan, reader.batches(*plan.tail_args()), candidates, [], known)
+    else:
+        for name, new in zip(("first", "last", "count", "digest"), grouper.finish()):
+            setattr(plan, name, np.concatenate([getattr(plan, name), new]))
+    return plan
+
+
+def _seen_before(spill: Spill, storage: Storage, segments: int) -> np.ndarray:
+    """Rows of the tail whose id's MD5 is among the ids kept by earlier segments, one partition at a time."""
+    found = []
+    for k in range(PARTS):
+        rows = spill.partition(k)
+        if not len(rows):
+            continue
+        keys = np.empty(len(rows), IDS)
+        keys["a"], keys["b"] = rows["a"], rows["b"]
+        for seg in range(segments):
+            earlier = load_ids(storage, seg, k)
+            if len(earlier):
+                at = np.minimum(np.searchsorted(earlier, keys), len(earlier) - 1)
+                found.append(rows["p"][earlier[at] == keys])
+    return np.unique(np.concatenate(found)) if found else np.empty(0, np.int64)
 
 
 def write_plan_state(storage: Storage, plan: Plan) -> None:
-    """Record the segments (or that this output plans by ids from now on); the lease holder only."""
-    state = {"version": 1, "shard_size": plan.shard_size, "mode": plan.mode, "segments": plan.segments}
-    storage.write_bytes(PLAN_STATE, json.dumps(state, indent=1).encode())
+    """Record the segments, and each new segment's shards and ids (or that this output plans by ids from
+    now on); the lease holder only. The state is written last: it names only segments whose files exist."""
+    # what this plan read is (re)written: a fresh plan may follow an --overwrite. A Parquet manifest is
+    # always read whole (no appending to it), so it keeps no ids
+    if plan.mode == "segments" and plan.spill is not None and plan.spill.md5_ok and plan.reader.kind != "parquet":
+        start = 0
+        for k, seg in enumerate(plan.segments):
+            if start >= plan.spill.from_row:
+                mine = (plan.first >= start) & (plan.first < seg["rows"])
+                dups = plan.duplicates[(plan.duplicates >= start) & (plan.duplicates < seg["rows"])]
+                save_shards(storage, k, {"first": plan.first[mine], "last": plan.last[mine], "count": plan.count[mine],
+                                         "digest": plan.digest[mine], "duplicates": dups})
+                save_ids(storage, k, plan.spill.ids(start, seg["rows"], dups))
+            start = seg["rows"]
+    if plan.mode == "ids":
+        remove_segment_files(storage)
+    write_state(storage, {"version": STATE_VERSION, "shard_size": plan.shard_size, "mode": plan.mode,
+                          "segments": plan.segments})
+    if plan.spill is not None:
+        plan.spill.close()
+        plan.spill = None
+
+
+def wipe_plan(storage: Storage) -> None:
+    """--overwrite: forget what earlier runs planned."""
+    remove_segment_files(storage)
+    storage.remove(PLAN_STATE)
 
 
 def read_all(uri: str, endpoint_url: str | None = None) -> tuple[list[Item], pa.Table, Plan]:

@@ -12,6 +12,7 @@ import errno
 import functools
 import os
 import posixpath
+import shutil
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -161,6 +162,24 @@ class Storage:
                 raise
         else:
             self.fs.pipe_file(target, data)  # one PUT: the object appears whole or not at all
+
+    @_guarded
+    def put_file(self, rel: str, local_path: str) -> None:
+        """write_bytes for a large local file, streamed (S3: a multipart upload, whole or not at all)."""
+        self._check_writer()
+        target = self.full(rel)
+        if not self.local:
+            self.fs.put_file(local_path, target)
+            return
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp = f"{target}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
+        try:
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
 
     @_guarded
     def create_exclusive(self, rel: str, data: bytes) -> bool:

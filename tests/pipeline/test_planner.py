@@ -57,6 +57,10 @@ def random_rows(n: int, seed: int) -> list[tuple[str, str]]:
     return rows
 
 
+def state_of(plan) -> dict:
+    return {"version": planner.STATE_VERSION, "shard_size": plan.shard_size, "mode": plan.mode, "segments": plan.segments}
+
+
 def planned(plan) -> list[tuple]:
     return [(s.name, [i.id for i in s.items]) for s in plan.shards(plan.pending(set()))]
 
@@ -77,7 +81,7 @@ def test_appended_rows_form_new_shards_and_never_regroup_committed_ones(tmp_path
     rows = random_rows(300, seed=1)
     path = write_csv(tmp_path / "m.csv", rows)
     first = plan_manifest(ManifestReader(path), 8, None, set(), set)
-    state = {"shard_size": 8, "mode": "segments", "segments": first.segments}
+    state = state_of(first)
     committed = set(first.names)
     more = rows + [(f"/new/{k}.jpg", "") for k in range(20)] + [r for r in rows if r[0] or r[1]][:5]  # duplicates
     second = plan_manifest(ManifestReader(write_csv(tmp_path / "m.csv", more)), 8, state, committed, set)
@@ -93,7 +97,7 @@ def test_a_manifest_changed_before_its_planned_rows_is_planned_by_ids(tmp_path):
     rows = random_rows(200, seed=2)
     path = write_csv(tmp_path / "m.csv", rows)
     first = plan_manifest(ManifestReader(path), 10, None, set(), set)
-    state = {"shard_size": 10, "mode": "segments", "segments": first.segments}
+    state = state_of(first)
     done_shards = planned(first)[:4]
     done = {i for _, ids in done_shards for i in ids}
     edited = rows[:50] + rows[60:] + [("/late.jpg", "late")]           # ten rows deleted in the middle
@@ -105,10 +109,9 @@ def test_a_manifest_changed_before_its_planned_rows_is_planned_by_ids(tmp_path):
 
 def test_duplicates_are_confirmed_by_their_text_not_their_hash(tmp_path, monkeypatch):
     # every row a hash candidate, as if all ids collided: only rows whose text repeats may be dropped
-    monkeypatch.setattr(planner._DuplicateHashes, "candidates",
-                        lambda self: (self.dir.cleanup(), np.arange(self.rows))[1])
-    original = planner._DuplicateHashes.add
-    monkeypatch.setattr(planner._DuplicateHashes, "add",
+    monkeypatch.setattr(planner.Spill, "candidates", lambda self: np.arange(self.rows))
+    original = planner.Spill.add
+    monkeypatch.setattr(planner.Spill, "add",
                         lambda self, pos, keys: (setattr(self, "rows", int(pos[-1]) + 1), original(self, pos, keys)))
     rows = random_rows(150, seed=3)
     plan = plan_manifest(ManifestReader(write_csv(tmp_path / "m.csv", rows)), 6, None, set(), set)
@@ -135,6 +138,41 @@ def test_the_plan_state_round_trips_through_the_output(tmp_path):
     again = plan_manifest(ManifestReader(path), 10, state, set(plan.names[:1]), set)
     assert again.names == plan.names and again.segments == plan.segments
     assert json.loads((tmp_path / "out" / "_plan.json").read_text())["shard_size"] == 10
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_an_incremental_run_reads_only_the_appended_rows_and_plans_as_a_full_read_would(tmp_path, monkeypatch, kind):
+    from humanseg_batch.pipeline.storage import Storage
+    monkeypatch.setattr(manifest_module, "BLOCK_BYTES", 200)
+    storage, path = Storage(str(tmp_path / "out")), tmp_path / f"m.{kind}"
+    write = (lambda rows: write_csv(path, rows)) if kind == "csv" else (lambda rows: write_jsonl(path, rows))
+    rows = random_rows(120, seed=4)
+    history = []
+    for grow in (0, 37, 0, 51):              # a run, rows appended, a rerun with none new, more appended
+        rows = rows + random_rows(grow, seed=grow)[: grow // 2] + [(f"/n/{len(rows)}-{k}.jpg", "") for k in range(grow)]
+        write(rows)
+        state = planner.read_plan_state(storage)
+        committed = {n for plan in history for n in plan.names}
+        plan = plan_manifest(ManifestReader(str(path)), 9, state, committed, set, storage)
+        full = plan_manifest(ManifestReader(str(path)), 9, state, committed, set)   # without OUT: a full read
+        assert plan.names == full.names and plan.duplicates.tolist() == full.duplicates.tolist()
+        assert plan.segments == full.segments and plan.reader.fingerprint == full.reader.fingerprint
+        assert planned(plan) == planned(full) == reference(rows, 9, ends=[s["rows"] for s in plan.segments[:-1]])
+        assert (plan.tail is not None) == (grow > 0 and bool(history))  # the prefix was not parsed again
+        planner.write_plan_state(storage, plan)
+        full.spill and full.spill.close()
+        history.append(plan)
+    rows[3] = ("/edited.jpg", "edited")      # an edit before the recorded rows: a full read, by ids
+    write(rows)
+    plan = plan_manifest(ManifestReader(str(path)), 9, planner.read_plan_state(storage),
+                         {n for p in history for n in p.names}, lambda: set(), storage)
+    assert plan.mode == "ids" and plan.tail is None
+
+
+def write_jsonl(path, rows):
+    with open(path, "w") as f:
+        f.writelines(json.dumps({"uri": u, "id": i, "note": "n"}) + "\n" for u, i in rows)
+    return str(path)
 
 
 MILLION = """
