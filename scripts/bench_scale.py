@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Scale checks for the performance issue, printed as numbers from one run each.
 
-    python scripts/bench_scale.py plan --rows 1000000
-        read + plan a 1,000,000-row manifest, then resume with half of the shards committed:
-        seconds and peak RSS of the driver.
+    python scripts/bench_scale.py plan --rows 1000000,3000000,10000000
+        plan each manifest size as `run` does, then resume with half of the shards committed (as
+        `run` does: listings, the plan state, the pending set): seconds and the peak RSS of the
+        planning process (VmHWM), then the slope and what it gives for 100 M rows.
     python scripts/bench_scale.py memory --minutes 10 --images 100000
         a long 1080p video (generated with PyAV) and a 100,000-item image manifest through
         `humanseg-batch run` (embedded Ray): peak total RSS of the driver and every Ray process.
@@ -31,33 +32,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_plan(rows: int, shard_size: int) -> dict:
-    from humanseg_batch.pipeline.ledger import Ledger
-    from humanseg_batch.pipeline.manifest import read_manifest
-    from humanseg_batch.pipeline.plan import plan_shards
-    from humanseg_batch.pipeline.storage import Storage
+def bench_plan(rows: list[int], shard_size: int) -> list[dict]:
+    """scripts/bench_plan.py: plan, half committed, resume; each size in child processes."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_plan import bench_plan as run
 
-    work = Path(tempfile.mkdtemp(prefix="hsb-plan-"))
-    manifest = work / "manifest.csv"
-    with open(manifest, "w") as f:
-        f.write("uri,camera\n")
-        for i in range(rows):
-            f.write(f"s3://archive/photos/{i // 1000:05d}/{i:08d}.jpg,cam{i % 7}\n")
-    t = time.perf_counter()
-    m = read_manifest(str(manifest))
-    shards = plan_shards(m, shard_size)
-    first = time.perf_counter() - t
-    out = Storage(str(work / "out"))
-    ledger = Ledger(out)
-    for shard in shards[: len(shards) // 2]:   # half committed (no rows), as after an interrupted run
-        ledger.commit(shard, [], {})
-    t = time.perf_counter()
-    m = read_manifest(str(manifest))
-    pending = Ledger(out, m).plan(shard_size)
-    resume = time.perf_counter() - t
-    assert [s.name for s in pending] == [s.name for s in shards[len(shards) // 2:]]
-    return {"rows": rows, "shards": len(shards), "plan_s": round(first, 2), "resume_s": round(resume, 2),
-            "pending_after_resume": len(pending), "driver_peak_rss_mib": round(peak_rss_mib())}
+    return run(rows, shard_size)
 
 
 def make_long_video(path: Path, minutes: float, width: int = 1920, height: int = 1080, fps: int = 30) -> None:
@@ -384,7 +364,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
     p = sub.add_parser("plan")
-    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--rows", default="1000000", help="comma-separated manifest sizes")
     p.add_argument("--shard-size", type=int, default=64)
     m = sub.add_parser("memory")
     m.add_argument("--minutes", type=float, default=10)
@@ -401,7 +381,7 @@ def main() -> None:
     o.add_argument("--compact-arg", action="append", default=[], help="extra argument of `compact` (repeatable)")
     args = ap.parse_args()
     if args.what == "plan":
-        print(json.dumps(bench_plan(args.rows, args.shard_size)))
+        bench_plan([int(r) for r in args.rows.split(",")], args.shard_size)   # prints a JSON line per size
     elif args.what == "output":
         threads = args.threads or (16 if args.s3 else 2)
         print(json.dumps(bench_output(args.shards, args.shard_size, args.s3, threads, args.repeats, args.max_minutes,
