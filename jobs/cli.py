@@ -104,17 +104,23 @@ def _execute(cfg: RunConfig, overwrite: bool, observers, redo_errors: bool, leas
     log(f"{prep.summary.items} item(s) in {prep.shard_count} shard(s) to process; "
         f"{prep.summary.shards_skipped} shard(s) already committed")
     prep.observers.extend(observers)
-    if prep.shard_count:
-        if prep.executor == "local":
+    changed = None
+    try:
+        if prep.shard_count and prep.executor == "local":
             from .local import execute_local
             execute_local(prep)
-        else:
+        elif prep.shard_count:
             from .ray_executor import execute_ray
             execute_ray(prep, log=log)
+    except ManifestError as exc:    # the manifest is read again as shards start: it changed under the run
+        changed = str(exc)
     prep.summary.count(prep.ledger)
     prep.summary.seconds = time.time() - start
     print_summary(prep.summary, cfg.output, log=log)
     console.summary_line(prep.summary, cfg.output)
+    if changed:
+        console.log(f"error: {changed}; committed shards are kept", level="error")
+        return EXIT_USAGE
     return prep.summary.exit_code
 
 

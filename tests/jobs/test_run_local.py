@@ -93,6 +93,23 @@ def test_appended_rows_never_regroup_and_an_output_without_a_plan_state_resumes_
     assert json.loads((out / "_plan.json").read_text())["mode"] == "ids"
 
 
+def test_a_manifest_edited_after_planning_stops_the_run_with_a_clear_error(media, tmp_path, tiny_weights):
+    import subprocess
+    import sys
+    images = [make_image(tmp_path / "media" / f"e{k}.png", 20, 24, k) for k in range(4)]
+    manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(p), "id": f"e{k}"} for k, p in enumerate(images)])
+    cli_path = Path(sys.executable).parent / "humanseg-batch"
+    proc = subprocess.Popen([str(cli_path), "run", str(manifest), "-o", str(tmp_path / "out"), "--weights", tiny_weights,
+                             "--executor", "local", "--shard-size", "2", "--no-progress"],
+                            env=dict(os.environ, HUMANSEG_FAULT_PAUSE="planned:3"), stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:                     # planned: now the rows of the shards are read again
+        if "paused at planned" in line:
+            write_manifest(manifest, [{"uri": str(p), "id": f"x{k}"} for k, p in enumerate(images)])
+            break
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 2 and "changed while the run was reading it" in err, err
+
+
 def test_rerun_with_other_settings_is_refused_unless_overwrite(media, tmp_path, tiny_weights):
     manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(media["a"])}])
     out = tmp_path / "out"
