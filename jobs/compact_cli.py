@@ -37,9 +37,8 @@ def parse_size(text: str) -> int:
                       f"{EXIT_STORAGE} the output storage failed (rerun: every step is safe to redo).")
 @click.argument("out")
 @click.option("--target-size", default=f"{DEFAULT_TARGET_BYTES // 2**20}MiB", show_default=True,
-              help="Shard files merged into one part, in bytes (suffixes KB MB GB, KiB MiB GiB); a part comes "
-                   "out smaller than this (fewer footers, larger row groups). 128-512 MB suits DuckDB, Spark, "
-                   "pandas and polars.")
+              help="Size of a part file (suffixes KB MB GB, KiB MiB GiB), estimated by merging a few shard "
+                   "files on trial. 128-512 MB suits DuckDB, Spark, pandas and polars.")
 @click.option("--endpoint-url", help="S3-compatible endpoint (or HUMANSEG_S3_ENDPOINT_URL).")
 @click.option("--wait", is_flag=True, help="If another run is writing OUT, wait until it ends (or its lease goes "
                                            "stale) instead of exiting with 2.")

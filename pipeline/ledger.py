@@ -252,7 +252,8 @@ class Ledger:
             if name not in live:
                 self.storage.remove(record_path(name))
         listed = self._listed(DONE)
-        keep = {_base(part_path(p)) for p in live} | {_base(shard_parquet_path(s)) for s in listed - set(self.compacted)}
+        keep = {_base(part_path(p)) for p in live} | \
+            {_base(shard_parquet_path(s)) for s in listed - set(self.compacted)}
         removed = [n for n in self.storage.list(METADATA_DIR) if n.endswith(".parquet") and n not in keep]
         self.storage.remove_many([f"{METADATA_DIR}/{n}" for n in removed])
         self.storage.remove_many([_marker_path(s) for s in sorted(listed & set(self.compacted))])
@@ -314,7 +315,8 @@ class Ledger:
                   # markers written before `video_frames` existed only have `frames` (images too)
                   "video_frames": sum(m.get("video_frames", m.get("frames", 0)) for m in own)}
         for record in self.parts.values():
-            table = record.table.filter(pc.invert(pc.is_in(record.table["shard"], pa.array(sorted(exclude), pa.string()))))
+            dropped = pc.is_in(record.table["shard"], pa.array(sorted(exclude), pa.string()))
+            table = record.table.filter(pc.invert(dropped))
             totals["shards"] += table.num_rows
             for key in ("rows_ok", "rows_error", "items", "video_frames"):
                 totals[key] += pc.sum(table[key]).as_py() or 0

@@ -10,8 +10,8 @@ Part names start with `part-` (shard names with `shard-`). The record is written
 the commit point: a part without a record is a leftover; a shard in a record is read from the part
 only, whatever marker or shard file of it is still around (leftovers of an interrupted compaction).
 A record that another record `replaces` (a part merged again, or rewritten without some shards) is
-void. So each shard is counted once in every state a crash can leave. The ledger (pipeline/ledger.py)
-is the only caller; pipeline/compact.py merges.
+void. So each shard is counted once in every state a crash can leave. Read through the ledger
+(pipeline/ledger.py); written by pipeline/compact.py and by the ledger's uncommit.
 """
 from __future__ import annotations
 
@@ -99,21 +99,23 @@ class PartWriter:
         self._sink = pa.BufferOutputStream()
         self._writer: pq.ParquetWriter | None = None
         self._pending: list[pa.Table] = []
+        self._pending_bytes = 0
         self.rows = 0
 
     def add(self, table: pa.Table) -> None:
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._sink, table.schema, compression="zstd")
         self._pending.append(table)
+        self._pending_bytes += table.nbytes
         self.rows += table.num_rows
-        if sum(t.nbytes for t in self._pending) >= self.ROW_GROUP_BYTES:
+        if self._pending_bytes >= self.ROW_GROUP_BYTES:
             self._flush()
 
     def _flush(self) -> None:
         if self._pending:
             group = pa.concat_tables(self._pending)
             self._writer.write_table(group, row_group_size=max(1, group.num_rows))
-            self._pending = []
+            self._pending, self._pending_bytes = [], 0
 
     def finish(self) -> bytes:
         if self._writer is None:
@@ -123,14 +125,14 @@ class PartWriter:
         return self._sink.getvalue().to_pybytes()
 
 
-def write_part(storage: Storage, data: bytes, rows: pa.Table, replaces: list[str], source_bytes: int) -> str:
-    """Write a part file, then its record (the commit). `rows`: record rows (RECORD_SCHEMA, any `part`);
-    `source_bytes`: the size of the shard files it holds (what `compact` sizes parts by). Returns its name."""
+def write_part(storage: Storage, data: bytes, rows: pa.Table, replaces: list[str]) -> str:
+    """Write a part file, then its record (the commit). `rows`: record rows (RECORD_SCHEMA, any `part`).
+    Returns the part's name."""
     name = new_part_name()
     storage.write_bytes(part_path(name), data)
     pause_point("compact-part")
     info = {"file": part_path(name), "rows": pq.read_metadata(pa.BufferReader(data)).num_rows, "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(), "replaces": sorted(replaces), "source_bytes": source_bytes, "created_at": time.time()}
+            "sha256": hashlib.sha256(data).hexdigest(), "replaces": sorted(replaces), "created_at": time.time()}
     rows = rows.set_column(rows.schema.get_field_index("part"), "part", pa.array([name] * rows.num_rows, pa.string()))
     table = rows.cast(RECORD_SCHEMA).replace_schema_metadata({INFO_KEY: json.dumps(info).encode()})
     sink = pa.BufferOutputStream()
@@ -162,8 +164,7 @@ def rewrite_without(storage: Storage, name: str, gone: set[str], info: dict) -> 
             group = part.read_row_group(i)
             writer.add(group.filter(pc.invert(pc.is_in(group["shard"], pa.array(sorted(gone), pa.string())))))
         if writer.rows == pc.sum(keep["rows"]).as_py():
-            share = writer.rows / max(1, info.get("rows", 1))
-            new = write_part(storage, writer.finish(), keep, [name], int(info.get("source_bytes", 0) * share))
+            new = write_part(storage, writer.finish(), keep, [name])
     drop_part(storage, name)
     return new
 

@@ -3,11 +3,14 @@
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from humanseg_batch.jobs.cli import cli
 from humanseg_batch.pipeline.ledger import Ledger
 from humanseg_batch.pipeline.storage import Storage
+from humanseg_batch.pipeline.write import parquet_bytes
 from mediagen import make_image, make_video, write_manifest
 
 
@@ -28,8 +31,10 @@ def frames(out) -> list[dict]:
     return sorted(rows, key=lambda r: (r["id"], -1 if r["frame_index"] is None else r["frame_index"]))
 
 
-def shard_bytes(out: Path) -> int:
-    return sum(p.stat().st_size for p in (out / "metadata").glob("shard-*.parquet"))
+def merged_bytes(out: Path) -> int:
+    """The size of one part holding every shard file."""
+    tables = [pq.read_table(p) for p in (out / "metadata").glob("*.parquet")]
+    return len(parquet_bytes(pa.concat_tables(tables)))
 
 
 def listing(out: Path) -> dict[str, int]:
@@ -51,7 +56,7 @@ def test_compact_then_status_query_lost_part_retry_errors_and_more_runs(tmp_path
     before_status, before_rows = status(out), frames(out)
     assert before_status[1]["shards"]["committed"] == 5 and before_status[1]["rows"]["error"] == 1
 
-    target = shard_bytes(out) // 2
+    target = merged_bytes(out) // 2
     code, log = invoke("compact", out, "--target-size", target)
     assert code == 0, log
     assert "summary: merged 5 shard file(s)" in log

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from humanseg_batch.jobs.query import open_output
@@ -18,7 +19,7 @@ from humanseg_batch.pipeline.ledger import Ledger
 from humanseg_batch.pipeline.parts import COMPACTED_DIR, record_path
 from humanseg_batch.pipeline.plan import Item, Shard
 from humanseg_batch.pipeline.storage import Storage
-from humanseg_batch.pipeline.write import METADATA_DIR, ROW_SCHEMA, shard_parquet_path
+from humanseg_batch.pipeline.write import METADATA_DIR, ROW_SCHEMA, parquet_bytes, shard_parquet_path
 
 from clirun import CLI, environ
 
@@ -78,8 +79,10 @@ def files(storage: Storage) -> dict[str, int]:
     return {f"{d}/{n}": size for d in ("_shards", METADATA_DIR, COMPACTED_DIR) for n, size in storage.sizes(d).items()}
 
 
-def shard_file_bytes(storage: Storage) -> int:
-    return sum(size for name, size in storage.sizes(METADATA_DIR).items() if name.startswith("shard-"))
+def merged_bytes(storage: Storage) -> int:
+    """The size of one part holding every shard file: targets below make several parts."""
+    tables = [pq.read_table(storage.open(f"{METADATA_DIR}/{n}")) for n in storage.list(METADATA_DIR)]
+    return len(parquet_bytes(pa.concat_tables(tables)))
 
 
 def assert_tidy(storage: Storage) -> None:
@@ -94,7 +97,7 @@ def test_compaction_keeps_every_row_and_count_and_a_rerun_does_nothing(tmp_path)
     storage = make_output(str(tmp_path / "out"))
     before = state(storage)
     assert len(before["frames"]) == 12 * 3 + 3 * 3 and before["counts"]["rows_error"] == 3
-    target = shard_file_bytes(storage) // 3
+    target = merged_bytes(storage) // 3
     summary = compact(storage, target, log=lambda m: None)
     assert summary.shards == 12 and summary.parts_written == summary.parts_total >= 3 and not summary.skipped
     assert state(storage) == before
@@ -109,7 +112,7 @@ def test_compaction_keeps_every_row_and_count_and_a_rerun_does_nothing(tmp_path)
 
 def test_shards_committed_after_a_compaction_merge_with_its_small_part(tmp_path):
     storage = make_output(str(tmp_path / "out"), shards=4)
-    target = shard_file_bytes(storage) * 4      # the four shards make a part under half the target
+    target = merged_bytes(storage) * 4      # the four shards make a part under half the target
     compact(storage, target, log=lambda m: None)
     (small,) = Ledger(storage).parts
     commit_shards(storage, 4, 6)
@@ -145,7 +148,7 @@ def test_taking_shards_back_rewrites_their_part_without_them(tmp_path):
 def test_a_damaged_part_takes_all_its_shards_back(tmp_path):
     storage = make_output(str(tmp_path / "out"))
     before = state(storage)
-    compact(storage, shard_file_bytes(storage) // 3, log=lambda m: None)
+    compact(storage, merged_bytes(storage) // 3, log=lambda m: None)
     ledger = Ledger(storage)
     victim, record = sorted(ledger.parts.items())[1]
     lost = set(record.table.column("shard").to_pylist())
@@ -168,7 +171,7 @@ def test_leftovers_of_an_interrupted_compaction_are_never_read_twice(tmp_path):
     before = state(storage)
     merged = [n.split(".")[0] for n in storage.list("_shards")[:2]]
     kept = {rel: storage.read_bytes(rel) for s in merged for rel in (f"_shards/{s}.done.json", shard_parquet_path(s))}
-    compact(storage, shard_file_bytes(storage) // 2, log=lambda m: None)
+    compact(storage, merged_bytes(storage) // 2, log=lambda m: None)
     first = sorted(Ledger(storage).parts)[0]
     # a part merged again whose old record was not deleted yet, plus an orphan part without a record
     old_record = storage.read_bytes(record_path(first))
@@ -188,8 +191,8 @@ def test_leftovers_of_an_interrupted_compaction_are_never_read_twice(tmp_path):
     assert_tidy(storage)
 
 
-def start_compact(out, pause: str) -> subprocess.Popen:
-    return subprocess.Popen([CLI, "compact", str(out), "--target-size", "40KB"], stdout=subprocess.DEVNULL,
+def start_compact(out, target: int, pause: str) -> subprocess.Popen:
+    return subprocess.Popen([CLI, "compact", str(out), "--target-size", str(target)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=environ({"HUMANSEG_FAULT_PAUSE": pause}))
 
 
@@ -199,7 +202,8 @@ def test_sigkill_at_each_step_then_rerun(tmp_path, pause):
     readers see the same rows meanwhile, and a rerun finishes the job."""
     storage = make_output(str(tmp_path / "out"), shards=24)
     before = state(storage)
-    proc, log = start_compact(tmp_path / "out", pause), ""
+    target = merged_bytes(storage) // 4
+    proc, log = start_compact(tmp_path / "out", target, pause), ""
     deadline = time.time() + 120
     while "paused at" not in log and time.time() < deadline:
         line = proc.stderr.readline()
@@ -209,7 +213,7 @@ def test_sigkill_at_each_step_then_rerun(tmp_path, pause):
     proc.wait(timeout=30)
     assert "paused at" in log, log
     assert state(storage) == before
-    done = subprocess.run([CLI, "compact", str(tmp_path / "out"), "--target-size", "40KB"], capture_output=True,
+    done = subprocess.run([CLI, "compact", str(tmp_path / "out"), "--target-size", str(target)], capture_output=True,
                           text=True, env=environ({"HUMANSEG_FAULT_PAUSE": None}), timeout=120)
     assert done.returncode == 0, done.stderr
     assert "summary: merged" in done.stderr
@@ -222,7 +226,7 @@ def test_compaction_on_s3(s3_bucket, s3_server):
     fs, bucket = s3_bucket
     storage = make_output(f"s3://{bucket}/out", shards=8)
     before = state(storage)
-    target = shard_file_bytes(storage) // 2
+    target = merged_bytes(storage) // 2
     summary = compact(storage, target, log=lambda m: None)
     assert summary.shards == 8 and summary.parts_total >= 2
     assert state(storage) == before
