@@ -1,5 +1,6 @@
 """Output layout, mask files and Parquet rows: every path rule of OUT except the run record and
-the shard markers, which belong to the ledger (pipeline/ledger.py).
+the shard markers, which belong to the ledger (pipeline/ledger.py), and the part files that `compact`
+merges shards into (pipeline/parts.py).
 
     OUT/masks/<kk>/<slug>-<hash>.png       one mask per image (0 background, 255 person)
     OUT/masks/<kk>/<slug>-<hash>/chunk-<c>.mov   a video chunk's masks, 1-bit PNG frames, frame `mask_frame`

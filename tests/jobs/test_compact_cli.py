@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from humanseg_batch.jobs.cli import cli
+from humanseg_batch.pipeline.lease import holding as holding_lease
 from humanseg_batch.pipeline.ledger import Ledger
 from humanseg_batch.pipeline.storage import Storage
 from humanseg_batch.pipeline.write import parquet_bytes
@@ -101,9 +102,12 @@ def test_compact_then_status_query_lost_part_retry_errors_and_more_runs(tmp_path
     assert len(Ledger(Storage(str(out))).parts) == 1 and status(out)[1]["shards"]["committed"] == 7
 
 
-def test_compact_refuses_a_folder_without_a_run_and_a_bad_size(tmp_path):
+def test_compact_refuses_a_folder_without_a_run_a_bad_size_and_a_held_lease(tmp_path):
     (tmp_path / "empty").mkdir()
     code, log = invoke("compact", tmp_path / "empty")
     assert code == 2 and "no _run.json" in log
     code, log = invoke("compact", tmp_path / "empty", "--target-size", "lots")
     assert code == 2 and "not a size" in log
+    with holding_lease(str(tmp_path / "empty"), None, "humanseg-batch run ...", log=lambda m: None):
+        code, log = invoke("compact", tmp_path / "empty")
+    assert code == 2 and "humanseg-batch run ..." in log, log      # names the writer that holds OUT
