@@ -324,12 +324,29 @@ def generate(out: str, work: Path, shards: int, shard_size: int, threads: int, e
     return report
 
 
+def compact_and_measure(report: dict, storage, env: dict, repeats: int, compact_args: tuple[str, ...]) -> dict:
+    """The readers timed before `compact`, then compact (twice: a rerun must be a no-op) and after."""
+    out, n, rows = storage.root, report["generate"]["shards"], report["generate"]["rows"]
+    report["before"] = measure_readers(storage, env, n, rows, repeats)
+    print(json.dumps(report), file=sys.stderr, flush=True)     # the slow half is on record if compact fails
+    if not compact_available():
+        report["after"] = "humanseg-batch has no compact command yet"
+        return report
+    report["compact_s"] = round(timed_cli(["compact", out, *compact_args], env)["s"], 1)
+    report["compact_again_s"] = round(timed_cli(["compact", out, *compact_args], env)["s"], 1)
+    report["after"] = measure_readers(storage, env, n, rows, repeats)
+    report["ratio_before_after"] = {k: round(report["before"][k]["median_s"] / report["after"][k]["median_s"], 1)
+                                    for k in ("status", "status_json", "query_count")}
+    return report
+
+
 def bench_output(shards: int, shard_size: int, s3: bool, threads: int, repeats: int, max_minutes: float,
-                 endpoint_url: str | None = None, compact_args: tuple[str, ...] = ()) -> dict:
-    """Build a synthetic output of committed shards, then time status / query before and after `compact`."""
+                 endpoint_url: str | None = None, compact_args: tuple[str, ...] = (), reuse: str | None = None) -> dict:
+    """Build a synthetic output of committed shards (or `reuse` the folder of an earlier local one, not yet
+    compacted), then time status / query before and after `compact`."""
     from humanseg_batch.pipeline.storage import Storage
 
-    work = Path(tempfile.mkdtemp(prefix="hsb-out-"))
+    work = Path(reuse or tempfile.mkdtemp(prefix="hsb-out-"))
     server = None
     try:
         bucket = f"bench-{os.getpid()}"
@@ -338,22 +355,14 @@ def bench_output(shards: int, shard_size: int, s3: bool, threads: int, repeats: 
             Storage(f"s3://{bucket}", endpoint_url).fs.mkdir(bucket)
         out = f"s3://{bucket}/out" if s3 else str(work / "out")
         env = dict(os.environ, **({"HUMANSEG_S3_ENDPOINT_URL": endpoint_url} if s3 else {}))
-        report = {"where": f"moto S3 server {endpoint_url}" if s3 else "local disk", "output": out,
-                  "generate": generate(out, work, shards, shard_size, threads, endpoint_url, max_minutes)}
+        report = {"where": f"moto S3 server {endpoint_url}" if s3 else "local disk", "output": out}
+        if reuse:
+            report["generate"] = json.loads((work / "generate.json").read_text())
+        else:
+            report["generate"] = generate(out, work, shards, shard_size, threads, endpoint_url, max_minutes)
+            (work / "generate.json").write_text(json.dumps(report["generate"]))
         print(json.dumps(report), file=sys.stderr, flush=True)
-        storage = Storage(out, endpoint_url)
-        n, rows = report["generate"]["shards"], report["generate"]["rows"]
-        report["before"] = measure_readers(storage, env, n, rows, repeats)
-        print(json.dumps(report), file=sys.stderr, flush=True)     # the slow half is on record if compact fails
-        if not compact_available():
-            report["after"] = "humanseg-batch has no compact command yet"
-            return report
-        report["compact_s"] = round(timed_cli(["compact", out, *compact_args], env)["s"], 1)
-        report["compact_again_s"] = round(timed_cli(["compact", out, *compact_args], env)["s"], 1)   # idempotent
-        report["after"] = measure_readers(storage, env, n, rows, repeats)
-        report["ratio_before_after"] = {k: round(report["before"][k]["median_s"] / report["after"][k]["median_s"], 1)
-                                        for k in ("status", "status_json", "query_count")}
-        return report
+        return compact_and_measure(report, Storage(out, endpoint_url), env, repeats, compact_args)
     finally:
         if server is not None:
             server.terminate()
@@ -379,13 +388,15 @@ def main() -> None:
     o.add_argument("--repeats", type=int, default=3, help="runs of each command (one if a run takes > 20 s)")
     o.add_argument("--max-minutes", type=float, default=6.0, help="fewer shards if writing them would take longer")
     o.add_argument("--compact-arg", action="append", default=[], help="extra argument of `compact` (repeatable)")
+    o.add_argument("--reuse", metavar="DIR", help="the work folder of an earlier local run whose output was not "
+                                                   "compacted yet (its generate.json): time it, without writing again")
     args = ap.parse_args()
     if args.what == "plan":
         bench_plan([int(r) for r in args.rows.split(",")], args.shard_size)   # prints a JSON line per size
     elif args.what == "output":
         threads = args.threads or (16 if args.s3 else 2)
         print(json.dumps(bench_output(args.shards, args.shard_size, args.s3, threads, args.repeats, args.max_minutes,
-                                      args.endpoint_url, tuple(args.compact_arg))))
+                                      args.endpoint_url, tuple(args.compact_arg), args.reuse)))
     else:
         print(json.dumps(bench_memory(args.minutes, args.images, args.weights)))
 
