@@ -167,9 +167,7 @@ class Ledger:
                 if kind == DONE:
                     marker["items"] = len(marker.pop("ids", ()))
                 (done if kind == DONE else failed)[shard] = marker
-        for shard in [*done, *self.compacted]:
-            failed.pop(shard, None)
-        return done, failed
+        return done, {s: f for s, f in failed.items() if s not in done and s not in self.compacted}
 
     @cached_property
     def _markers(self) -> dict[str, dict]:
@@ -224,7 +222,8 @@ class Ledger:
             theirs = pool.map(lambda r: _commit_problem(self.storage, part_path(r.name), r.info, sizes, footers), parts)
             problems = dict(zip(own, mine))
             for record, why in zip(parts, theirs):
-                problems.update(dict.fromkeys(record.table.column("shard").to_pylist(), why))
+                if why:
+                    problems.update(dict.fromkeys(record.table.column("shard").to_pylist(), why))
         return {s: p for s, p in sorted(problems.items()) if p}
 
     def uncommit(self, shards: list[str]) -> None:
@@ -332,7 +331,7 @@ class Ledger:
     def shards_with_errors(self) -> list[str]:
         own = [s for s, m in self._own_markers[0].items() if m.get("rows_error")]
         return own + [s for r in self.parts.values()
-                      for s, e in zip(r.table["shard"].to_pylist(), r.table["rows_error"].to_pylist()) if e]
+                      for s in r.table.filter(pc.greater(r.table["rows_error"], 0))["shard"].to_pylist()]
 
     def commit(self, shard: Shard, rows: list[dict], stats: dict) -> dict:
         """Write the shard's Parquet, then its marker (last). Masks must already be written."""

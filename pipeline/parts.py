@@ -27,14 +27,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .faults import pause_point
-from .storage import OutputStorageError, Storage, storage_failure
+from .storage import Storage
 from .write import METADATA_DIR
 
 COMPACTED_DIR = "_compacted"
 PART_PREFIX = "part-"
 INFO_KEY = b"humanseg_batch.part"
-# what status needs: every column but the ids (the bulk of a record: 64 ids a shard)
-LIGHT = ["shard", "part", "rows", "rows_ok", "rows_error", "video_frames", "items"]
+# what planning and status need: not the ids (the bulk of a record: 64 ids a shard), nor `part` (the
+# record's own name); 1.56 M shards (100 M items) in 100 records: 0.5 s, 110 MB of Arrow
+LIGHT = ["shard", "rows", "rows_ok", "rows_error", "video_frames", "items"]
 RECORD_SCHEMA = pa.schema([
     ("shard", pa.string()), ("part", pa.string()),
     ("rows", pa.int64()), ("rows_ok", pa.int64()), ("rows_error", pa.int64()), ("video_frames", pa.int64()),
@@ -170,18 +171,13 @@ def rewrite_without(storage: Storage, name: str, gone: set[str], info: dict) -> 
 
 
 def read_record(storage: Storage, name: str, columns: list[str] | None) -> PartRecord | None:
-    rel = record_path(name)
-    try:    # column projection: ranged reads of the wanted columns only (on S3 too)
-        table = pq.read_table(storage.full(rel), columns=columns, filesystem=storage.fs)
-    except FileNotFoundError:   # removed since the listing
+    """A part's record (`columns`: those only), or None if it is gone or not Parquet (damaged by hand: its
+    part is then a leftover and its shards are redone whole)."""
+    try:    # through a file object: pyarrow over fsspec's filesystem wrapper took 4x longer
+        with storage.open(record_path(name)) as f:
+            table = pq.read_table(f, columns=columns)
+    except (FileNotFoundError, pa.ArrowInvalid):
         return None
-    except pa.ArrowInvalid:     # not Parquet (damaged by hand): as if absent, its shards are redone whole
-        return None
-    except Exception as exc:
-        reason = storage_failure(exc, storage.uri(rel))
-        if reason:
-            raise OutputStorageError(reason) from exc
-        raise
     info = json.loads((table.schema.metadata or {}).get(INFO_KEY, b"{}"))
     return PartRecord(name, info, table.replace_schema_metadata(None))
 
