@@ -132,7 +132,7 @@ def _merge_parts(ledger: Ledger, parts: list[Input], writer: PartWriter, summary
 
 def _merge_shards(ledger: Ledger, shards: list[Input], writer: PartWriter, summary: CompactSummary) -> tuple:
     """Add shard files' rows, checked against their markers; return their record rows and names."""
-    rows, names = [], []
+    records, names = [], []
     for start in range(0, len(shards), READ_BATCH):
         batch = [s.name for s in shards[start:start + READ_BATCH]]
         markers = ledger.markers_of(batch)
@@ -148,12 +148,14 @@ def _merge_shards(ledger: Ledger, shards: list[Input], writer: PartWriter, summa
         # decoding releases the GIL: 2.3 ms a 64-row file on one thread, the bulk of a compaction
         with ThreadPoolExecutor(4) as pool:
             tables = list(pool.map(lambda s: pq.read_table(pa.BufferReader(blobs[shard_parquet_path(s)])), sound))
+        rows = []
         for shard, table in zip(sound, tables):
             _add(writer, table, shard_parquet_path(shard))
             # markers of early versions lack these two
             rows.append(record_row(dict(markers[shard], shard=shard, rows=table.num_rows), ""))
             names.append(shard)
-    return [pa.Table.from_pylist(rows, RECORD_SCHEMA)] if rows else [], names
+        records.append(pa.Table.from_pylist(rows, RECORD_SCHEMA))   # Arrow, not dicts: 64 ids a shard
+    return records, names
 
 
 def merge_group(ledger: Ledger, group: list[Input], summary: CompactSummary) -> str | None:

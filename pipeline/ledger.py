@@ -8,10 +8,12 @@
                                      `compact` (pipeline/parts.py): those shards are committed by this
                                      record, whatever marker or shard file of theirs is still around
 
-A Parquet file without a done marker is a leftover of an interrupted run, removed before new work
-starts by the holder of OUT's lease (pipeline/lease.py: never a file another writer is committing);
-a committed shard whose Parquet file (or part) is missing or differs from its marker (or record) is
-"damaged". Either is redone whole. Executors feed a `ShardAssembly` each unit's rows; it commits when the last is in.
+A Parquet file that neither a done marker nor a part record commits is a leftover of an interrupted
+run or compaction, removed before new work starts by the holder of OUT's lease (pipeline/lease.py:
+never a file another writer is committing); a committed shard whose Parquet file (or part) is missing
+or differs from its marker (or record) is "damaged". Either is redone whole. Taking back a shard that
+is in a part rewrites the part without it. Executors feed a `ShardAssembly` each unit's rows; it
+commits when the last is in.
 """
 from __future__ import annotations
 
