@@ -56,18 +56,23 @@ def compact(out, target_size, endpoint_url, wait):
     Example:
       humanseg-batch compact s3://bucket/masks --target-size 512MB
     """
-    target = parse_size(target_size)
+    sys.exit(compact_out(out, parse_size(target_size), endpoint_url, wait))
+
+
+def compact_out(out: str, target: int, endpoint_url: str | None = None, wait: bool = False) -> int:
+    """Compact OUT under its lease, saying what it does on stderr; the exit code. (`run` can call this
+    after its own lease is released, for a `run --compact`.)"""
     command = shlex.join(["humanseg-batch", *sys.argv[1:]])[:300]
     try:
         with holding_lease(out, endpoint_url, command, wait=wait, log=console.log) as lease:
             storage = Storage(out, endpoint_url, writer_check=lease.check)
             if read_run_record(storage) is None:
                 console.log(f"error: {out} holds no humanseg-batch run (no _run.json)", level="error")
-                sys.exit(EXIT_USAGE)
+                return EXIT_USAGE
             summary = compact_output(storage, target, log=console.log)
     except LeaseHeldError as exc:
         console.log(f"error: {exc}", level="error")
-        sys.exit(EXIT_USAGE)
+        return EXIT_USAGE
     for name, why in list(summary.skipped.items())[:5]:
         console.log(f"left as it is: {name}: {why}", level="warning")
     code = EXIT_FAILED_SHARDS if summary.skipped else EXIT_OK
@@ -80,4 +85,4 @@ def compact(out, target_size, endpoint_url, wait):
                 level="summary", event="summary", shards=summary.shards, parts_written=summary.parts_written,
                 parts_total=summary.parts_total, unmerged=summary.unmerged, skipped=len(summary.skipped),
                 seconds=round(summary.seconds, 1), exit_code=code)
-    sys.exit(code)
+    return code
