@@ -32,12 +32,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_plan(rows: list[int], shard_size: int) -> list[dict]:
+def bench_plan(rows: list[int], shard_size: int, resume: bool) -> list[dict]:
     """scripts/bench_plan.py: plan, half committed, resume; each size in child processes."""
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_plan import bench_plan as run
 
-    return run(rows, shard_size)
+    return run(rows, shard_size, resume)
 
 
 def make_long_video(path: Path, minutes: float, width: int = 1920, height: int = 1080, fps: int = 30) -> None:
@@ -374,6 +374,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="what", required=True)
     p = sub.add_parser("plan")
     p.add_argument("--rows", default="1000000", help="comma-separated manifest sizes")
+    p.add_argument("--no-resume", action="store_true", help="plan only (no half-committed output, no resume)")
     p.add_argument("--shard-size", type=int, default=64)
     m = sub.add_parser("memory")
     m.add_argument("--minutes", type=float, default=10)
@@ -392,7 +393,7 @@ def main() -> None:
                                                    "compacted yet (its generate.json): time it, without writing again")
     args = ap.parse_args()
     if args.what == "plan":
-        bench_plan([int(r) for r in args.rows.split(",")], args.shard_size)   # prints a JSON line per size
+        bench_plan([int(r) for r in args.rows.split(",")], args.shard_size, not args.no_resume)   # a JSON line a size
     elif args.what == "output":
         threads = args.threads or (16 if args.s3 else 2)
         print(json.dumps(bench_output(args.shards, args.shard_size, args.s3, threads, args.repeats, args.max_minutes,
