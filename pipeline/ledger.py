@@ -376,15 +376,16 @@ class Ledger:
     def _cache(self, shard: str, marker: dict | None) -> None:
         """Keep loaded markers up to date (a committed or, with None, uncommitted shard); what is not loaded
         yet is read from OUT when asked: a first commit must not read every marker of OUT."""
-        caches = [self._markers] if "_markers" in self.__dict__ else []
-        if "_own_markers" in self.__dict__:
-            caches.append(self._own_markers[0])
-            self.failed.pop(shard, None)
-        for cache in caches:
-            if marker is None:
-                cache.pop(shard, None)
-            else:
-                cache[shard] = marker
+        if "_markers" in self.__dict__:
+            self._markers.pop(shard, None)
+            if marker is not None:
+                self._markers[shard] = marker
+        if "_own_markers" in self.__dict__:     # kept with a count of the ids, as read
+            own, failed = self._own_markers
+            own.pop(shard, None)
+            failed.pop(shard, None)
+            if marker is not None:
+                own[shard] = dict({k: v for k, v in marker.items() if k != "ids"}, items=len(marker.get("ids", ())))
 
     def note_storage_error(self, exc: BaseException) -> None:
         """Remember a failure of the output storage as a whole: executors stop starting work."""
