@@ -5,8 +5,9 @@
                                    of the manifest file at that run
     OUT/_plan/shards-<k>.npz       segment k's shards (first row, last row, items, id digest) and the
                                    rows dropped as duplicates
-    OUT/_plan/ids-<k>.npz          the MD5 of every id segment k kept, sorted, in 64 partitions by the
-                                   top bits (a later run loads one partition at a time: 25 MB at 100 M ids)
+    OUT/_plan/ids-<k>.bin          the MD5 of every id segment k kept, sorted (16 bytes each); the 64
+                                   partitions by the top bits are byte ranges, listed in shards-<k>.npz,
+                                   so a later run reads one at a time (25 MB at 100 M ids)
 
 Ids are hashed with DuckDB's md5_number, checked against hashlib's MD5 before any is written or read,
 so a DuckDB that changed the function cannot mix two hashes: the run then plans from the whole manifest.
@@ -18,7 +19,6 @@ import io
 import json
 import os
 import tempfile
-import zipfile
 
 import duckdb
 import numpy as np
@@ -69,25 +69,33 @@ def load_shards(storage: Storage, k: int) -> dict[str, np.ndarray]:
         return {name: z[name] for name in z.files}
 
 
-def save_ids(storage: Storage, k: int, partitions) -> None:
-    """Write segment k's ids from an iterable of 64 sorted IDS arrays, one partition in memory at a time."""
+def save_ids(storage: Storage, k: int, partitions) -> np.ndarray:
+    """Write segment k's ids from an iterable of 64 sorted IDS arrays, one partition in memory at a time;
+    returns where each partition starts (65 offsets, in ids), to keep in shards-<k>.npz."""
+    bounds = [0]
     with tempfile.TemporaryDirectory(prefix="humanseg-ids-") as tmp:
-        path = os.path.join(tmp, "ids.npz")
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-            for part, ids in enumerate(partitions):
-                with z.open(f"p{part:02d}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.ascontiguousarray(ids, IDS))
-        storage.put_file(f"{PLAN_DIR}/ids-{k:05d}.npz", path)
+        path = os.path.join(tmp, "ids.bin")
+        with open(path, "wb") as f:
+            for ids in partitions:
+                np.ascontiguousarray(ids, IDS).tofile(f)
+                bounds.append(bounds[-1] + len(ids))
+        storage.put_file(f"{PLAN_DIR}/ids-{k:05d}.bin", path)
+    return np.asarray(bounds, np.int64)
 
 
-def load_ids(storage: Storage, k: int, part: int) -> np.ndarray:
-    with storage.open(f"{PLAN_DIR}/ids-{k:05d}.npz") as f, np.load(f) as z:
-        return z[f"p{part:02d}"]
+def load_ids(storage: Storage, k: int, part: int, bounds: np.ndarray) -> np.ndarray:
+    """Partition `part` of segment k's ids (sorted), read as a byte range."""
+    lo, hi = int(bounds[part]), int(bounds[part + 1])
+    if hi == lo:
+        return np.empty(0, IDS)
+    with storage.open(f"{PLAN_DIR}/ids-{k:05d}.bin") as f:
+        f.seek(lo * IDS.itemsize)
+        return np.frombuffer(f.read((hi - lo) * IDS.itemsize), IDS)
 
 
 def has_segment_files(storage: Storage, segments: list[dict]) -> bool:
     names = set(storage.list(PLAN_DIR))
-    return all(f"{kind}-{k:05d}.npz" in names for k in range(len(segments)) for kind in ("shards", "ids"))
+    return all(f"shards-{k:05d}.npz" in names and f"ids-{k:05d}.bin" in names for k in range(len(segments)))
 
 
 def remove_segment_files(storage: Storage) -> None:

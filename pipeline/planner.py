@@ -265,7 +265,7 @@ def _plan_tail(reader: ManifestReader, shard_size: int, old: list[dict], storage
         grouper.add(pos, keys)
     plan.segments = old + [_segment(reader, hashes.finish(reader.rows)[reader.rows], reader.fingerprint)]
     plan.spill = spill
-    candidates, known = spill.candidates(), _seen_before(spill, storage, len(old))
+    candidates, known = spill.candidates(), _seen_before(spill, storage, [r["id_bounds"] for r in recorded])
     if len(candidates) or len(known):
         _exact_pass(plan, reader.batches(*plan.tail_args()), candidates, [], known)
     else:
@@ -274,7 +274,7 @@ def _plan_tail(reader: ManifestReader, shard_size: int, old: list[dict], storage
     return plan
 
 
-def _seen_before(spill: Spill, storage: Storage, segments: int) -> np.ndarray:
+def _seen_before(spill: Spill, storage: Storage, bounds: list[np.ndarray]) -> np.ndarray:
     """Rows of the tail whose id's MD5 is among the ids kept by earlier segments, one partition at a time."""
     found = []
     for k in range(PARTS):
@@ -283,8 +283,8 @@ def _seen_before(spill: Spill, storage: Storage, segments: int) -> np.ndarray:
             continue
         keys = np.empty(len(rows), IDS)
         keys["a"], keys["b"] = rows["a"], rows["b"]
-        for seg in range(segments):
-            earlier = load_ids(storage, seg, k)
+        for seg in range(len(bounds)):
+            earlier = load_ids(storage, seg, k, bounds[seg])
             if len(earlier):
                 at = np.minimum(np.searchsorted(earlier, keys), len(earlier) - 1)
                 found.append(rows["p"][earlier[at] == keys])
@@ -302,9 +302,9 @@ def write_plan_state(storage: Storage, plan: Plan) -> None:
             if start >= plan.spill.from_row:
                 mine = (plan.first >= start) & (plan.first < seg["rows"])
                 dups = plan.duplicates[(plan.duplicates >= start) & (plan.duplicates < seg["rows"])]
+                bounds = save_ids(storage, k, plan.spill.ids(start, seg["rows"], dups))
                 save_shards(storage, k, {"first": plan.first[mine], "last": plan.last[mine], "count": plan.count[mine],
-                                         "digest": plan.digest[mine], "duplicates": dups})
-                save_ids(storage, k, plan.spill.ids(start, seg["rows"], dups))
+                                         "digest": plan.digest[mine], "duplicates": dups, "id_bounds": bounds})
             start = seg["rows"]
     if plan.mode == "ids":
         remove_segment_files(storage)

@@ -167,7 +167,8 @@ def test_disk_full_mid_run_then_space_again(small_disk, tmp_path, tiny_weights):
     manifest, out = manifest_of(tmp_path, 10, size=(160, 200)), small_disk / "out"
     args = run_args(manifest, out, tiny_weights)
     filler = small_disk / "filler"
-    filler.write_bytes(b"\0" * (1024 * 1024 - 24 * 1024))     # room for the run record and a few files only
+    # room for the run record, the lease, the plan (OUT/_plan.json and _plan/: 4 KiB pages on tmpfs) and a few files
+    filler.write_bytes(b"\0" * (1024 * 1024 - 40 * 1024))
     code, _, err = cli(*args)
     assert code == 5, err
     assert_one_line_error(err, f"disk full at {out}")
