@@ -21,7 +21,7 @@ from humanseg_batch.pipeline.storage import OutputStorageError, Storage
 
 from . import console
 from .config import RunConfig, build_config
-from .runner import EXIT_CODES_HELP, EXIT_STORAGE, EXIT_USAGE, prepare, print_summary
+from .runner import EXIT_CODES_HELP, EXIT_ITEM_ERRORS, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, prepare, print_summary
 
 DEBUG_ENV = "HUMANSEG_DEBUG"
 WAIT_HELP = "If another run is writing OUT, wait until it ends (or its lease goes stale) instead of exiting with 2."
@@ -147,15 +147,24 @@ def cli():
 @run_options
 @click.option("--overwrite", is_flag=True, help="Delete this tool's results in OUT first and start over.")
 @click.option("--wait", is_flag=True, help=WAIT_HELP)
+@click.option("--compact", "compact_after", is_flag=True,
+              help="Afterwards, merge the committed shard files into parts (`humanseg-batch compact OUT`, default "
+                   "target size): for outputs of many thousands of shards. Skipped if the run failed.")
 @console.options
-def run(manifest, config_file, overwrite, wait, **flags):
+def run(manifest, config_file, overwrite, wait, compact_after, **flags):
     """Segment every image and video frame listed in MANIFEST (CSV, Parquet or JSONL with a `uri` column).
 
     Rerunning the same command resumes: committed shards are skipped, unfinished ones are
-    redone whole. A manifest that gained rows processes only the new ones.
+    redone whole. A manifest that gained rows processes only the new ones (only they are read
+    when the manifest's earlier bytes are unchanged).
     """
     cfg = flags_to_config(manifest, config_file, **flags)
-    sys.exit(execute(cfg, overwrite=overwrite, wait=wait))
+    code = execute(cfg, overwrite=overwrite, wait=wait)
+    if compact_after and code in (EXIT_OK, EXIT_ITEM_ERRORS):
+        from .compact_cli import DEFAULT_TARGET_BYTES, compact_out
+        compacted = compact_out(cfg.output, DEFAULT_TARGET_BYTES, cfg.endpoint_url)
+        code = code if compacted == EXIT_OK else compacted
+    sys.exit(code)
 
 
 @cli.command(epilog="Also works: ray job submit --address http://HEAD:8265 -- humanseg-batch run MANIFEST -o OUT ...")

@@ -111,3 +111,17 @@ def test_compact_refuses_a_folder_without_a_run_a_bad_size_and_a_held_lease(tmp_
     with holding_lease(str(tmp_path / "empty"), None, "humanseg-batch run ...", log=lambda m: None):
         code, log = invoke("compact", tmp_path / "empty")
     assert code == 2 and "humanseg-batch run ..." in log, log      # names the writer that holds OUT
+
+
+def test_run_compact_merges_what_the_run_committed(tmp_path, tiny_weights):
+    media = tmp_path / "media"
+    manifest = write_manifest(tmp_path / "m.csv", [{"uri": str(make_image(media / f"c{k}.png", 30, 40, k)),
+                                                    "id": f"c{k}"} for k in range(6)])
+    out = tmp_path / "out"
+    code, log = invoke("run", manifest, "-o", out, "--weights", tiny_weights, "--executor", "local",
+                       "--shard-size", "2", "--no-progress", "--compact")
+    assert code == 0, log
+    names = sorted(p.name for p in (out / "metadata").glob("*.parquet"))
+    assert len(names) == 1 and names[0].startswith("part-"), names      # three shards, one part
+    assert [r["id"] for r in frames(out)] == [f"c{k}" for k in range(6)]
+    assert status(out)[1]["shards"] == {"committed": 3, "failed": 0, "pending": 0}
