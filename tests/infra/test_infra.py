@@ -603,7 +603,7 @@ def nightly_run_config(cli):
 
     args = invocations_in_shell(one("RayJob")["spec"]["entrypoint"])[0]
     params = dict(parse_invocation(cli, args).params)
-    for flag in ("overwrite", "wait", "quiet", "log_format", "debug"):   # options of the command, not the run
+    for flag in ("overwrite", "wait", "compact_after", "quiet", "log_format", "debug"):   # options of the command, not the run
         params.pop(flag, None)
     return flags_to_config(params.pop("manifest"), params.pop("config_file"), **params)
 
