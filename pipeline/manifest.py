@@ -157,11 +157,21 @@ class ManifestReader:
         return next(csv.reader([self.header_line.decode("utf-8-sig", "replace")]), [])
 
     def first_schema(self) -> pa.Schema:
-        """The schema of the first batch (the extra columns' types), reading one batch if none was read."""
-        if self.schema is None:
-            batches = self.batches()
-            next(batches)
-            batches.close()
+        """The columns' types as a read of the first batch gives them, without starting a streaming
+        reader (it reads ahead up to 200 MB): CSV columns are all text; JSON Lines from its first lines."""
+        if self.schema is None and self.kind == "csv":
+            self.schema = pa.schema([(name, pa.string()) for name in self.columns])
+        elif self.schema is None and self.kind == "parquet":
+            with self._open() as f:
+                self.schema = pq.ParquetFile(f).schema_arrow
+        elif self.schema is None:
+            with self._open() as f:
+                head = f.read(BLOCK_BYTES)
+            head = head[: head.rfind(b"\n") + 1] or head
+            try:
+                self.schema = pajson.read_json(io.BytesIO(head)).schema
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ManifestError(f"cannot parse manifest {self.uri}: {exc}") from None
         return self.schema
 
     def size(self) -> int:
