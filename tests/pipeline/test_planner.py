@@ -201,3 +201,22 @@ def test_a_million_row_manifest_plans_under_a_memory_limit(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout.split()[-1]) < 600, proc.stdout
+
+
+def test_an_incremental_plan_with_the_manifest_and_the_output_on_s3(s3_bucket, s3_server, tmp_path):
+    from humanseg_batch.pipeline.storage import Storage
+    fs, bucket = s3_bucket
+    storage, uri = Storage(f"s3://{bucket}/out", s3_server), f"s3://{bucket}/m.csv"
+    rows = random_rows(90, seed=5)
+    fs.pipe_file(f"{bucket}/m.csv", open(write_csv(tmp_path / "m.csv", rows), "rb").read())
+    first = plan_manifest(ManifestReader(uri, s3_server), 8, None, set(), set, storage)
+    planner.write_plan_state(storage, first)
+    rows += [(f"/n/{k}.jpg", "") for k in range(30)] + [r for r in rows if r[1]][:3]
+    fs.pipe_file(f"{bucket}/m.csv", open(write_csv(tmp_path / "m.csv", rows), "rb").read())
+    second = plan_manifest(ManifestReader(uri, s3_server), 8, planner.read_plan_state(storage), set(first.names), set,
+                           storage)
+    assert second.tail is not None and second.tail[1] == 90         # only the appended rows were parsed
+    assert planned(second) == reference(rows, 8, ends=[90])
+    planner.write_plan_state(storage, second)
+    assert sorted(fs.ls(f"{bucket}/out/_plan")) == sorted(f"{bucket}/out/_plan/{kind}-{k:05d}.{ext}" for k in (0, 1)
+                                                          for kind, ext in (("shards", "npz"), ("ids", "bin")))
