@@ -23,7 +23,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .manifest import ManifestReader, batch_items, row_keys
 from .plan import Item, Shard, ids_digest, shard_name
@@ -49,7 +48,7 @@ class Plan:
     duplicates: np.ndarray             # sorted positions of rows dropped as duplicates
     duplicate_ids: list[str]           # a few of their ids, for the run's message
     segments: list[dict]               # [{"rows": n, "keys_sha256": ...}]: what OUT/_plan.json records
-    done_keys: pa.Array | None = None  # "ids" mode: the committed ids, never planned again
+    done_keys: set[str] | None = None  # "ids" mode: the committed ids, never planned again
     removed: int = 0                   # "ids" mode: committed ids that are no longer in the manifest
     tail: tuple | None = None          # (byte, row, sha) where appended rows begin, when only they were read
     spill: Spill | None = field(default=None, repr=False)    # every id's hash, until the state is written
@@ -90,8 +89,8 @@ class Plan:
 
     def _selected(self, pos: np.ndarray, keys: pa.Array) -> np.ndarray:
         keep = ~np.isin(pos, self.duplicates, assume_unique=True)
-        if self.done_keys is not None:
-            keep &= ~pc.is_in(keys, value_set=self.done_keys).to_numpy(zero_copy_only=False)
+        if self.done_keys is not None:    # a Python set: pc.is_in rebuilt its hash table for every batch
+            keep &= np.fromiter((k not in self.done_keys for k in keys.to_pylist()), bool, len(keys))
         return keep
 
     def shards(self, pending: np.ndarray, conform: Callable[[pa.Table], pa.Table] = lambda t: t) -> Iterator[Shard]:
@@ -181,7 +180,7 @@ def _plan_full(reader: ManifestReader, shard_size: int, mode: str, old: list[dic
         plan.spill = spill
     else:
         spill.close()
-        plan.done_keys = pa.array(sorted(done_ids()), pa.string())
+        plan.done_keys = set(done_ids())
     if len(candidates) or mode == "ids":
         _exact_pass(plan, reader.batches(), candidates, ends if mode == "segments" else [])
     if mode == "ids":
