@@ -1,6 +1,8 @@
-"""The installed `humanseg-batch` entry point as a real process: what a user's shell runs."""
+"""The `humanseg-batch` command in tests: the installed entry point as a real process (what a user's
+shell runs), or in this process through click's runner (`invoke`), when exit codes and output suffice."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,3 +42,18 @@ def wait_for_line(path: Path, text: str, proc: subprocess.Popen, timeout: float 
         assert proc.poll() is None, f"ended (exit {proc.returncode}) before {text!r}:\n{log}"
         time.sleep(0.2)
     raise AssertionError(f"no {text!r} within {timeout}s:\n{path.read_text()}")
+
+
+def invoke(*args) -> tuple[int, str]:
+    """Run a command in this process: (exit code, stdout and stderr together)."""
+    from click.testing import CliRunner
+
+    from humanseg_batch.jobs.cli import cli as command
+    result = CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def status_json(out) -> tuple[int, dict]:
+    """`status OUT --json`, parsed."""
+    code, text = invoke("status", out, "--json")
+    return code, json.loads(text)

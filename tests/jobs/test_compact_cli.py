@@ -5,24 +5,13 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from click.testing import CliRunner
 
-from humanseg_batch.jobs.cli import cli
 from humanseg_batch.pipeline.lease import holding as holding_lease
 from humanseg_batch.pipeline.ledger import Ledger
 from humanseg_batch.pipeline.storage import Storage
 from humanseg_batch.pipeline.write import parquet_bytes
+from clirun import invoke, status_json as status
 from mediagen import make_image, make_video, write_manifest
-
-
-def invoke(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    return result.exit_code, result.output
-
-
-def status(out) -> tuple[int, dict]:
-    code, text = invoke("status", out, "--json")
-    return code, json.loads(text)
 
 
 def frames(out) -> list[dict]:

@@ -11,12 +11,8 @@ from click.testing import CliRunner
 from humanseg_batch.jobs.cli import cli
 from humanseg_batch.model import load_checkpoint
 from humanseg_batch.pipeline.write import mask_key, read_mask
+from clirun import invoke as run_cli
 from mediagen import decode_coco_rle, make_image, read_rows, write_manifest
-
-
-def run_cli(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 def base_manifest(media, tmp_path, extra=()):

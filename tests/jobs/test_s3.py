@@ -4,16 +4,10 @@ import json
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
-from click.testing import CliRunner
 
-from humanseg_batch.jobs.cli import cli
 from humanseg_batch.pipeline.write import read_mask
+from clirun import invoke
 from mediagen import write_manifest
-
-
-def invoke(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    return result.exit_code, result.output
 
 
 def upload_media(fs, bucket, media, tmp_path):

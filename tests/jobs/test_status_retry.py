@@ -3,23 +3,9 @@
 The failure: part of OUT is made unwritable by putting a plain file where one item's mask
 folder must go (chmod would not stop root), so that item's shard fails while the others commit.
 """
-import json
-
-from click.testing import CliRunner
-
-from humanseg_batch.jobs.cli import cli
+from clirun import invoke, status_json as status
 from humanseg_batch.pipeline.write import MASKS_DIR, mask_key
 from mediagen import make_image, make_video, read_rows, write_manifest
-
-
-def invoke(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    return result.exit_code, result.output
-
-
-def status(out) -> tuple[int, dict]:
-    code, text = invoke("status", out, "--json")
-    return code, json.loads(text)
 
 
 def test_status_and_retry_after_a_failed_shard_and_error_rows(tmp_path, tiny_weights):
