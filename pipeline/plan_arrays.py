@@ -78,9 +78,17 @@ class Grouper:
 
     def finish(self) -> tuple[np.ndarray, ...]:
         self.add(np.empty(0, np.int64), pa.array([], pa.string()), final=True)
-        cols = list(zip(*self.out)) or [[np.empty(0, np.int64)], [np.empty(0, np.int64)],
-                                        [np.empty(0, np.int32)], [np.empty(0, np.uint64)]]
-        return tuple(np.concatenate(c) for c in cols)
+        return tuple(np.concatenate(c) for c in zip(no_groups(), *self.out))
+
+
+def no_groups() -> tuple[np.ndarray, ...]:
+    """(first rows, last rows, counts, digests) of no group: what Grouper.finish returns, empty."""
+    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.uint64)
+
+
+def within(sorted_rows: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """The rows of a sorted array in [start, stop): a batch's share, without scanning the whole array."""
+    return sorted_rows[np.searchsorted(sorted_rows, start):np.searchsorted(sorted_rows, stop)]
 
 
 class Spill:

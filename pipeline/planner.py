@@ -26,12 +26,18 @@ import pyarrow as pa
 
 from .manifest import ManifestReader, batch_items, row_keys
 from .plan import Item, Shard, ids_digest, shard_name
-from .plan_arrays import KEY, Grouper, SegmentHashes, Spill, isin_keys, name_keys
+from .plan_arrays import KEY, Grouper, SegmentHashes, Spill, isin_keys, name_keys, no_groups, within
 from .plan_store import (IDS, PARTS, PLAN_STATE, has_segment_files, load_ids, load_shards, read_plan_state,  # noqa: F401
                          remove_segment_files, save_ids, save_shards, write_plan_state as write_state)
 from .storage import Storage
 
 STATE_VERSION = 2
+
+
+def _keyed(batches) -> Iterator[tuple[int, pa.RecordBatch, np.ndarray, pa.Array]]:
+    """(first row, batch, its rows' positions, their ids) for each batch read."""
+    for start, batch in batches:
+        yield start, batch, np.arange(start, start + batch.num_rows, dtype=np.int64), row_keys(batch, start)
 
 
 @dataclass
@@ -64,6 +70,11 @@ class Plan:
             self._names = [shard_name(f, d) for f, d in zip(self.first.tolist(), self.digest.tolist())]
         return self._names
 
+    def extend(self, groups: tuple[np.ndarray, ...]) -> None:
+        """Add shards (Grouper.finish's arrays) after the plan's own."""
+        self.first, self.last, self.count, self.digest = (
+            np.concatenate([a, b]) for a, b in zip((self.first, self.last, self.count, self.digest), groups))
+
     def tail_args(self) -> tuple:
         """batches() arguments that read the appended rows only."""
         return self.tail[0], self.tail[1], self.tail[2].copy()
@@ -87,8 +98,12 @@ class Plan:
         """Which shards are not committed (a boolean per shard)."""
         return ~self.contains(committed)
 
-    def _selected(self, pos: np.ndarray, keys: pa.Array) -> np.ndarray:
-        keep = ~np.isin(pos, self.duplicates, assume_unique=True)
+    def _selected(self, pos: np.ndarray, keys: pa.Array, duplicates: np.ndarray | None = None) -> np.ndarray:
+        """Which rows of a batch are items: not duplicates (`duplicates`: of this batch; default the plan's),
+        not committed ("ids" mode)."""
+        if duplicates is None:
+            duplicates = within(self.duplicates, int(pos[0]), int(pos[-1]) + 1) if len(pos) else self.duplicates
+        keep = ~np.isin(pos, duplicates, assume_unique=True)
         if self.done_keys is not None:    # a Python set: pc.is_in rebuilt its hash table for every batch
             keep &= np.fromiter((k not in self.done_keys for k in keys.to_pylist()), bool, len(keys))
         return keep
@@ -103,17 +118,19 @@ class Plan:
         k, items, tables = 0, [], []
         # only the appended rows when every pending shard is among them
         tail_only = self.tail is not None and self.first[index[0]] >= self.tail[1]
-        for start, batch in self.reader.batches(*(self.tail_args() if tail_only else ())):
-            pos = np.arange(start, start + batch.num_rows, dtype=np.int64)
-            keys = row_keys(batch, start)
+        for start, batch, pos, keys in _keyed(self.reader.batches(*(self.tail_args() if tail_only else ()))):
             rows = np.flatnonzero(self._selected(pos, keys))
             shard_of = np.searchsorted(self.first, pos[rows], side="right") - 1   # ascending
-            extra = pa.Table.from_batches([batch.select(extras)])
+            wanted = (shard_of >= 0) & pending[np.maximum(shard_of, 0)]
+            rows, shard_of = rows[wanted], shard_of[wanted]
+            # once per batch: the items and extra columns of its rows in pending shards, sliced per shard
+            batch_rows = batch_items(batch, start, rows, keys, self.reader.base)
+            extra = pa.Table.from_batches([batch.select(extras)]).take(pa.array(rows, pa.int64()))
             while k < len(index):
                 s = index[k]
-                mine = rows[np.searchsorted(shard_of, s):np.searchsorted(shard_of, s, side="right")]
-                items += batch_items(batch, start, mine, keys, self.reader.base)
-                tables.append(extra.take(pa.array(mine, pa.int64())))
+                lo, hi = np.searchsorted(shard_of, s), np.searchsorted(shard_of, s, side="right")
+                items += batch_rows[lo:hi]
+                tables.append(extra.slice(lo, hi - lo))
                 if start + batch.num_rows <= self.last[s]:
                     break       # the shard goes on in the next batch
                 yield self._checked(s, items, tables, conform)
@@ -161,18 +178,12 @@ def _plan_full(reader: ManifestReader, shard_size: int, mode: str, old: list[dic
     ends = [s["rows"] for s in old]
     spill, hashes = Spill(), SegmentHashes(ends)
     grouper = Grouper(shard_size, ends) if mode == "segments" else None
-    for start, batch in reader.batches():
-        pos = np.arange(start, start + batch.num_rows, dtype=np.int64)
-        keys = row_keys(batch, start)
-        spill.add(pos, keys)
-        hashes.add(keys, start)
-        if grouper is not None:
-            grouper.add(pos, keys)
+    _first_pass(reader.batches(), spill, hashes, grouper)
     candidates = spill.candidates()
     found = hashes.finish(reader.rows)
     if mode == "segments" and any(found.get(s["rows"]) != s["keys_sha256"] for s in old):
         mode, old, grouper = "ids", [], None
-    plan = Plan(reader, shard_size, mode, *(grouper.finish() if grouper and not len(candidates) else _empty()),
+    plan = Plan(reader, shard_size, mode, *(grouper.finish() if grouper and not len(candidates) else no_groups()),
                 duplicates=np.empty(0, np.int64), duplicate_ids=[], segments=[])
     if mode == "segments":
         plan.segments = old if old and old[-1]["rows"] == reader.rows else \
@@ -196,19 +207,23 @@ def _segment(reader: ManifestReader, keys_sha256: str, fingerprint: str) -> dict
     return seg
 
 
-def _empty() -> tuple[np.ndarray, ...]:
-    return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.uint64)
+def _first_pass(batches, spill: Spill, hashes: SegmentHashes, grouper: Grouper | None) -> None:
+    """Every id hashed (spill: duplicates; hashes: each segment's ids), grouped as if none were a duplicate."""
+    for start, _, pos, keys in _keyed(batches):
+        spill.add(pos, keys)
+        hashes.add(keys, start)
+        if grouper is not None:
+            grouper.add(pos, keys)
 
 
 def _exact_pass(plan: Plan, batches, candidates: np.ndarray, ends: list[int], known: np.ndarray | None = None) -> None:
     """Exact duplicates (text compared, first row wins) among the hash candidates, plus `known` ones (rows
     whose id an earlier segment kept), then the grouping of the rows read by `batches`."""
-    grouper, first_seen, dups, matched = Grouper(plan.shard_size, ends), {}, [], 0
-    base = plan.duplicates
-    for start, batch in batches:
-        pos = np.arange(start, start + batch.num_rows, dtype=np.int64)
-        keys = row_keys(batch, start)
-        at = np.flatnonzero(np.isin(pos, candidates, assume_unique=True))
+    grouper, first_seen, found, matched = Grouper(plan.shard_size, ends), {}, [], 0
+    known = np.empty(0, np.int64) if known is None else known
+    for start, batch, pos, keys in _keyed(batches):
+        stop, dups = start + batch.num_rows, []
+        at = within(candidates, start, stop) - start
         for r, key in zip(at.tolist(), keys.take(pa.array(at, pa.int64())).to_pylist()):
             if key in first_seen:
                 dups.append(start + r)
@@ -216,18 +231,17 @@ def _exact_pass(plan: Plan, batches, candidates: np.ndarray, ends: list[int], kn
                     plan.duplicate_ids.append(key)
             else:
                 first_seen[key] = start + r
-        if known is not None:
-            hit = np.flatnonzero(np.isin(pos, known, assume_unique=True))
-            dups += (start + hit).tolist()
-            plan.duplicate_ids += keys.take(pa.array(hit[: max(0, 20 - len(plan.duplicate_ids))], pa.int64())).to_pylist()
-        plan.duplicates = np.union1d(base, np.asarray(dups, np.int64))
-        keep = plan._selected(pos, keys)
+        hit = within(known, start, stop) - start
+        plan.duplicate_ids += keys.take(pa.array(hit[: max(0, 20 - len(plan.duplicate_ids))], pa.int64())).to_pylist()
+        dups = np.union1d(np.asarray(dups, np.int64), start + hit)
+        here = np.union1d(within(plan.duplicates, start, stop), dups)
+        keep = plan._selected(pos, keys, here)
         if plan.done_keys is not None:
-            matched += int((~np.isin(pos, plan.duplicates, assume_unique=True)).sum() - keep.sum())
+            matched += int(len(pos) - len(here) - keep.sum())
         grouper.add(pos[keep], keys.filter(pa.array(keep)))
-    new = grouper.finish()
-    plan.first, plan.last, plan.count, plan.digest = (np.concatenate([a, b]) for a, b in
-                                                      zip((plan.first, plan.last, plan.count, plan.digest), new))
+        found.append(dups)
+    plan.duplicates = np.union1d(plan.duplicates, np.concatenate([np.empty(0, np.int64), *found]))
+    plan.extend(grouper.finish())
     plan.removed = matched
 
 
@@ -256,20 +270,14 @@ def _plan_tail(reader: ManifestReader, shard_size: int, old: list[dict], storage
     if not spill.md5_ok:
         spill.close()
         return None
-    for start, batch in reader.batches(*plan.tail_args()):
-        pos = np.arange(start, start + batch.num_rows, dtype=np.int64)
-        keys = row_keys(batch, start)
-        spill.add(pos, keys)
-        hashes.add(keys, start)
-        grouper.add(pos, keys)
+    _first_pass(reader.batches(*plan.tail_args()), spill, hashes, grouper)
     plan.segments = old + [_segment(reader, hashes.finish(reader.rows)[reader.rows], reader.fingerprint)]
     plan.spill = spill
     candidates, known = spill.candidates(), _seen_before(spill, storage, [r["id_bounds"] for r in recorded])
     if len(candidates) or len(known):
         _exact_pass(plan, reader.batches(*plan.tail_args()), candidates, [], known)
     else:
-        for name, new in zip(("first", "last", "count", "digest"), grouper.finish()):
-            setattr(plan, name, np.concatenate([getattr(plan, name), new]))
+        plan.extend(grouper.finish())
     return plan
 
 
@@ -283,10 +291,7 @@ def _seen_before(spill: Spill, storage: Storage, bounds: list[np.ndarray]) -> np
         keys = np.empty(len(rows), IDS)
         keys["a"], keys["b"] = rows["a"], rows["b"]
         for seg in range(len(bounds)):
-            earlier = load_ids(storage, seg, k, bounds[seg])
-            if len(earlier):
-                at = np.minimum(np.searchsorted(earlier, keys), len(earlier) - 1)
-                found.append(rows["p"][earlier[at] == keys])
+            found.append(rows["p"][isin_keys(keys, load_ids(storage, seg, k, bounds[seg]))])
     return np.unique(np.concatenate(found)) if found else np.empty(0, np.int64)
 
 
