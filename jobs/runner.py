@@ -137,10 +137,11 @@ def fix_manifest_columns(old_record: dict | None, reader: ManifestReader, output
     return fixed
 
 
-def plan_output(reader: ManifestReader, ledger: Ledger, shard_size: int) -> Plan:
-    """The manifest's shards for this output (pipeline/planner.py), with the ledger's committed ones."""
-    return plan_manifest(reader, shard_size, read_plan_state(ledger.storage), ledger.committed_names(),
-                         lambda: ledger.done_ids, ledger.storage)
+def plan_output(reader: ManifestReader, ledger: Ledger, shard_size: int, committed: set[str]) -> Plan:
+    """The manifest's shards for this output (pipeline/planner.py); `committed`: ledger.committed_names(),
+    which the caller keeps for the pending set (one listing of a million markers, not two)."""
+    return plan_manifest(reader, shard_size, read_plan_state(ledger.storage), committed, lambda: ledger.done_ids,
+                         ledger.storage)
 
 
 def tidy_output(ledger: Ledger, log=print, verify: bool = False) -> None:
@@ -180,12 +181,12 @@ def prepare(cfg: RunConfig, overwrite: bool = False, log=print, started: float |
     if redo_errors:
         log(f"re-processing {len(ledger.uncommit_errors())} shard(s) with error rows")
     tidy_output(ledger, log, verify)
-    plan = plan_output(reader, ledger, cfg.shard_size)
+    committed = ledger.committed_names()
+    plan = plan_output(reader, ledger, cfg.shard_size, committed)
     fixed = fix_manifest_columns(old_record, reader, storage.root, log)
     check_or_write_run_record(storage, dict(run_record(cfg, model, reader.fingerprint), manifest_columns=fixed),
                               list(RunConfig.COMPAT), RunConfig.COMPAT_ABSENT)
     write_plan_state(storage, plan)
-    committed = ledger.committed_names()
     pending = plan.pending(committed)
     if ledger.clear_stale_failures(plan.known(ledger.failed)):
         log("cleared failure records of shards that are no longer in the plan (the manifest changed)")

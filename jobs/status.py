@@ -45,11 +45,12 @@ def summarise(output: str, endpoint_url: str | None = None) -> dict:
     damaged = ledger.damaged()
     failed, pending, manifest_problem = ledger.failed, None, None
     try:    # as `retry` will see it: failure records that no longer match the plan are void
+        committed = ledger.committed_names()
         plan = plan_output(ManifestReader(cfg["manifest"], endpoint_url or cfg.get("endpoint_url")), ledger,
-                           cfg["shard_size"])
+                           cfg["shard_size"], committed)
         stale = set(ledger.stale_failures(plan.known(ledger.failed)))
         failed = {n: f for n, f in failed.items() if n not in stale}
-        todo = plan.pending(ledger.committed_names() | set(failed))
+        todo = plan.pending(committed | set(failed))
         pending = int(todo.sum())
     except (ManifestError, OSError) as exc:
         manifest_problem = str(exc)

@@ -53,8 +53,9 @@ def step(what: str, manifest: str, out: str, shard_size: int) -> dict:
     ledger = Ledger(storage)
     if what == "resume":
         tidy_output(ledger, log=lambda *a: None)
-    plan = plan_output(ManifestReader(manifest), ledger, shard_size)
-    pending = plan.pending(ledger.committed_names())
+    committed = ledger.committed_names()
+    plan = plan_output(ManifestReader(manifest), ledger, shard_size, committed)
+    pending = plan.pending(committed)
     seconds = time.perf_counter() - t
     if what == "first":
         write_plan_state(storage, plan)

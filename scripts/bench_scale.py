@@ -178,7 +178,8 @@ def plan_like_a_run(storage, manifest: str, shard_size: int):
 
     cfg = RunConfig(manifest=manifest, output=storage.root, shard_size=shard_size, endpoint_url=storage.endpoint_url)
     reader = ManifestReader(manifest, storage.endpoint_url)
-    plan = plan_output(reader, Ledger(storage), shard_size)
+    ledger = Ledger(storage)
+    plan = plan_output(reader, ledger, shard_size, ledger.committed_names())
     fixed = fix_manifest_columns(None, reader, storage.root)
     record = dict(run_record(cfg, ModelInfo("fast", "5" * 64, 256, 256, 0.5, 16), reader.fingerprint),
                   manifest_columns=fixed)
