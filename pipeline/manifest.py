@@ -124,9 +124,9 @@ class ManifestReader:
         self.base = manifest_base(uri)
         self.fingerprint: str | None = None     # sha256 of the bytes, once a pass has read them all
         self.rows: int | None = None
-        self.schema: pa.Schema | None = None     # of the first batch: the extra columns' types
         self.header_line = b""                   # CSV: the header row's bytes, put before an appended tail
-        self.columns = self._header()
+        self.schema = self._header()              # the columns' types, as a read of the first batch gives them
+        self.columns = self.schema.names
         if "uri" not in self.columns:
             raise ManifestError(f"manifest {uri} has no 'uri' column (columns: {', '.join(self.columns) or 'none'})")
 
@@ -140,39 +140,26 @@ class ManifestReader:
         except FileNotFoundError:
             raise ManifestError(f"manifest not found: {self.uri}") from None
 
-    def _header(self) -> list[str]:
+    def _header(self) -> pa.Schema:
+        """The columns and their types without starting a streaming reader (it reads ahead up to 200 MB):
+        CSV columns are all text; JSON Lines' types from its first block, as the streaming reader infers."""
         with self._open() as f:
             if self.kind == "parquet":
                 try:
-                    return pq.ParquetFile(f).schema_arrow.names
+                    return pq.ParquetFile(f).schema_arrow
                 except pa.ArrowInvalid as exc:
                     raise ManifestError(f"cannot parse manifest {self.uri}: {exc}") from None
-            head = f.read(1 << 16)
+            head = f.read(BLOCK_BYTES if self.kind == "json" else 1 << 16)
         if not head.strip():
             raise ManifestError(f"manifest {self.uri} is empty: it needs a header row with a 'uri' column")
         if self.kind == "json":
-            self.header_line = b""
-            return self.first_schema().names
-        self.header_line = head.split(b"\n", 1)[0] + b"\n"
-        return next(csv.reader([self.header_line.decode("utf-8-sig", "replace")]), [])
-
-    def first_schema(self) -> pa.Schema:
-        """The columns' types as a read of the first batch gives them, without starting a streaming
-        reader (it reads ahead up to 200 MB): CSV columns are all text; JSON Lines from its first lines."""
-        if self.schema is None and self.kind == "csv":
-            self.schema = pa.schema([(name, pa.string()) for name in self.columns])
-        elif self.schema is None and self.kind == "parquet":
-            with self._open() as f:
-                self.schema = pq.ParquetFile(f).schema_arrow
-        elif self.schema is None:
-            with self._open() as f:
-                head = f.read(BLOCK_BYTES)
-            head = head[: head.rfind(b"\n") + 1] or head
             try:
-                self.schema = pajson.read_json(io.BytesIO(head)).schema
+                return pajson.read_json(io.BytesIO(head[: head.rfind(b"\n") + 1] or head)).schema
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise ManifestError(f"cannot parse manifest {self.uri}: {exc}") from None
-        return self.schema
+        self.header_line = head.split(b"\n", 1)[0] + b"\n"
+        names = next(csv.reader([self.header_line.decode("utf-8-sig", "replace")]), [])
+        return pa.schema([(name, pa.string()) for name in names])
 
     def size(self) -> int:
         with self._open() as f:
@@ -199,7 +186,6 @@ class ManifestReader:
             try:
                 for batch in self._read(raw, stream):
                     if batch.num_rows:
-                        self.schema = self.schema or batch.schema
                         yield start, batch
                         start += batch.num_rows
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:

@@ -263,7 +263,6 @@ def _plan_tail(reader: ManifestReader, shard_size: int, old: list[dict], storage
                 duplicates=np.concatenate([r["duplicates"] for r in recorded]), duplicate_ids=[], segments=old)
     if size == last["bytes"]:
         reader.rows, reader.fingerprint = last["rows"], last["bytes_sha256"]
-        reader.first_schema()
         return plan
     plan.tail = (last["bytes"], last["rows"], sha)
     spill, hashes, grouper = Spill(last["rows"]), SegmentHashes([]), Grouper(shard_size, [])
