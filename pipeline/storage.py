@@ -53,18 +53,32 @@ def storage_failure(exc: BaseException, where: str) -> str | None:
     return None
 
 
-def _temp_copy(target: str, data: bytes) -> str:
-    """A complete local file next to `target`, to be renamed or linked there."""
+def _temp_copy(target: str, data: bytes | None = None, source: str | None = None) -> str:
+    """A complete local file next to `target` (of `data`, or a copy of the file `source`), to be renamed
+    or linked there."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = f"{target}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        if source is not None:
+            shutil.copyfile(source, tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(data)
     except BaseException:   # disk full, a signal: no half-written temp file stays behind
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
     return tmp
+
+
+def _replace(tmp: str, target: str) -> None:
+    """Rename a complete temp file onto its target (atomic), or remove it."""
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def _guarded(method):
@@ -154,13 +168,7 @@ class Storage:
         self._check_writer()
         target = self.full(rel)
         if self.local:
-            tmp = _temp_copy(target, data)
-            try:
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.remove(tmp)
-                raise
+            _replace(_temp_copy(target, data), target)
         else:
             self.fs.pipe_file(target, data)  # one PUT: the object appears whole or not at all
 
@@ -169,18 +177,10 @@ class Storage:
         """write_bytes for a large local file, streamed (S3: a multipart upload, whole or not at all)."""
         self._check_writer()
         target = self.full(rel)
-        if not self.local:
+        if self.local:
+            _replace(_temp_copy(target, source=local_path), target)
+        else:
             self.fs.put_file(local_path, target)
-            return
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp = f"{target}{TEMP_MARK}{uuid.uuid4().hex[:8]}"
-        try:
-            shutil.copyfile(local_path, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
 
     @_guarded
     def create_exclusive(self, rel: str, data: bytes) -> bool:
