@@ -21,10 +21,10 @@ from humanseg_batch.pipeline.storage import OutputStorageError, Storage
 
 from . import console
 from .config import RunConfig, build_config
-from .runner import EXIT_CODES_HELP, EXIT_ITEM_ERRORS, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, prepare, print_summary
+from .runner import (EXIT_CODES_HELP, EXIT_ITEM_ERRORS, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, WAIT_HELP, prepare,
+                     print_summary)
 
 DEBUG_ENV = "HUMANSEG_DEBUG"
-WAIT_HELP = "If another run is writing OUT, wait until it ends (or its lease goes stale) instead of exiting with 2."
 
 
 def run_options(f):

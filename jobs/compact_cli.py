@@ -14,7 +14,7 @@ from humanseg_batch.pipeline.ledger import read_run_record
 from humanseg_batch.pipeline.storage import Storage
 
 from . import console
-from .runner import EXIT_FAILED_SHARDS, EXIT_OK, EXIT_STORAGE, EXIT_USAGE
+from .runner import EXIT_FAILED_SHARDS, EXIT_OK, EXIT_STORAGE, EXIT_USAGE, WAIT_HELP
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -40,8 +40,7 @@ def parse_size(text: str) -> int:
               help="Size of a part file (suffixes KB MB GB, KiB MiB GiB), estimated by merging a few shard "
                    "files on trial. 128-512 MB suits DuckDB, Spark, pandas and polars.")
 @click.option("--endpoint-url", help="S3-compatible endpoint (or HUMANSEG_S3_ENDPOINT_URL).")
-@click.option("--wait", is_flag=True, help="If another run is writing OUT, wait until it ends (or its lease goes "
-                                           "stale) instead of exiting with 2.")
+@click.option("--wait", is_flag=True, help=WAIT_HELP)
 @console.options
 def compact(out, target_size, endpoint_url, wait):
     """Merge OUT's committed shard Parquet files into part files of about --target-size.

@@ -28,6 +28,7 @@ EXIT_CODES_HELP = (f"Exit codes: {EXIT_OK} all items ok; {EXIT_ITEM_ERRORS} fini
                    f"{EXIT_USAGE} usage or input error, or OUT is being written by another run; "
                    f"{EXIT_STORAGE} the output storage failed (unreachable, no credentials, disk full): "
                    "committed shards are kept, rerun when it is fixed.")
+WAIT_HELP = "If another run is writing OUT, wait until it ends (or its lease goes stale) instead of exiting with 2."
 
 
 def package_version() -> str:
